@@ -1,0 +1,147 @@
+"""Argument checks shared by every loss: shapes, dtypes, label ranges, masks.
+
+Checks on shapes and dtypes run at trace time (they see only abstract values),
+so a mismatch raises before anything is computed. Label-range checks depend on
+values: outside a trace they raise ``ValueError`` naming the offending labels;
+inside a trace they cannot, so the affected examples become NaN (never a
+silently wrong number) and a ``checkify`` check is recorded, which
+``lossjax.checked`` (or the caller's own ``checkify.checkify``) turns into an
+exception under ``jit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+
+Array = jax.Array
+
+
+def is_traced(value: Any) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
+def compute_dtype(dtype) -> np.dtype:
+  """The dtype a loss computes and returns in: at least float32."""
+  dtype = np.dtype(dtype)
+  if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize >= 4:
+    return dtype
+  return np.dtype(jnp.float32)
+
+
+def floating_array(value, name: str) -> Array:
+  """`value` as a floating-point array; TypeError naming `name` otherwise."""
+  array = jnp.asarray(value)
+  if not jnp.issubdtype(array.dtype, jnp.floating):
+    raise TypeError(
+        f"`{name}` must be a floating-point array, got dtype {array.dtype}.")
+  return array
+
+
+def integer_array(value, name: str) -> Array:
+  array = jnp.asarray(value)
+  if not jnp.issubdtype(array.dtype, jnp.integer):
+    raise TypeError(
+        f"`{name}` must be an integer array of class indices, got dtype "
+        f"{array.dtype}; for probability (one-hot) labels use "
+        "`softmax_cross_entropy`.")
+  return array
+
+
+def class_axis_last(logits: Array, axis) -> Array:
+  """Moves the class axis of `logits` to the end (a no-op for axis=-1)."""
+  if not isinstance(axis, (int, np.integer)):
+    raise TypeError(f"`axis` must be an int, got {axis!r}.")
+  if logits.ndim == 0:
+    raise ValueError("`logits` must have a class axis, got a scalar.")
+  if not -logits.ndim <= axis < logits.ndim:
+    raise ValueError(
+        f"`axis`={axis} is out of range for `logits` of shape {logits.shape}.")
+  return jnp.moveaxis(logits, axis, -1)
+
+
+def check_shape(value: Array, expected: tuple, name: str, why: str) -> None:
+  if tuple(value.shape) != tuple(expected):
+    raise ValueError(
+        f"`{name}` must have shape {tuple(expected)} ({why}), got "
+        f"{tuple(value.shape)}; broadcasting is not applied.")
+
+
+def example_mask(where, batch_shape: tuple) -> Array | None:
+  """The per-example mask `where` (True = keep), checked against the batch."""
+  if where is None:
+    return None
+  where = jnp.asarray(where)
+  if where.dtype != jnp.bool_:
+    raise TypeError(f"`where` must be a boolean array, got dtype {where.dtype}.")
+  check_shape(where, batch_shape, "where",
+              "one entry per example: the shape of `logits` without its "
+              "class axis")
+  return where
+
+
+def class_vector(value, num_classes: int, name: str) -> Array:
+  """A `[C]` per-class array (class weights, per-class alpha) in float32+."""
+  vector = floating_array(value, name)
+  check_shape(vector, (num_classes,), name, "one entry per class")
+  return vector
+
+
+def _invalid_label_summary(labels: np.ndarray, invalid: np.ndarray) -> str:
+  bad = labels[invalid]
+  positions = np.argwhere(invalid)[:5].tolist()
+  values = np.unique(bad)[:10].tolist()
+  return (f"{bad.size} label(s) out of range, values {values} at positions "
+          f"{positions}{' ...' if bad.size > 5 else ''}")
+
+
+def label_validity(labels: Array, num_classes: int, where: Array | None,
+                   name: str = "labels") -> Array | None:
+  """Checks integer labels lie in [0, num_classes).
+
+  Outside a trace, raises ValueError naming the offending values (masked-out
+  examples are not checked: that is the ignore-index use case). Inside a trace,
+  returns the boolean validity mask (the caller turns invalid examples into
+  NaN) and records a debug checkify check. Returns None when all labels are
+  known to be valid.
+  """
+  if not is_traced(labels) and not is_traced(where):
+    labels_np = np.asarray(labels)
+    invalid = (labels_np < 0) | (labels_np >= num_classes)
+    if where is not None:
+      invalid &= np.asarray(where)
+    if invalid.any():
+      raise ValueError(
+          f"`{name}` must be integers in [0, num_classes={num_classes}): "
+          f"{_invalid_label_summary(labels_np, invalid)}.")
+    return None
+  valid = (labels >= 0) & (labels < num_classes)
+  considered = valid if where is None else valid | ~where
+  checkify.check(
+      jnp.all(considered),
+      f"`{name}` must be integers in [0, num_classes={num_classes}); "
+      "first offending value: {value}",
+      value=jnp.where(considered, 0, labels).ravel()[jnp.argmin(considered.ravel())],
+      debug=True)
+  return valid
+
+
+def check_nonnegative(value, name: str) -> None:
+  if not is_traced(value) and np.any(np.asarray(value) < 0):
+    raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+
+
+def check_in_range(value, name: str, low: float, high: float,
+                   low_open: bool = False) -> None:
+  if is_traced(value):
+    return
+  array = np.asarray(value)
+  below = array <= low if low_open else array < low
+  if np.any(below) or np.any(array > high):
+    bracket = "(" if low_open else "["
+    raise ValueError(
+        f"`{name}` must be in {bracket}{low}, {high}], got {value!r}.")

@@ -1,0 +1,48 @@
+"""The softmax log-normaliser and the pieces every softmax loss is built from.
+
+All functions here take logits with the class axis last, already in the
+compute dtype (float32 or wider), and reduce over that last axis.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def log_normalizer(logits: Array) -> Array:
+  """logsumexp over the last axis: `[..., C] -> [...]`."""
+  # log sum_j exp(z_j) = m + log sum_j exp(z_j - m) for any m; m = max keeps
+  # every exponent <= 0 so nothing overflows, and one term is exactly 1.
+  row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  shifted_sum = jnp.sum(jnp.exp(logits - row_max), axis=-1)
+  return row_max[..., 0] + jnp.log(shifted_sum)
+
+
+def take_class(values: Array, labels: Array) -> Array:
+  """values[..., labels]: `[..., C], [...] -> [...]`."""
+  return jnp.take_along_axis(values, labels[..., None], axis=-1)[..., 0]
+
+
+def true_class_log_prob(logits: Array, labels: Array) -> Array:
+  """log softmax(logits)[label], without forming the full log-softmax."""
+  return take_class(logits, labels) - log_normalizer(logits)
+
+
+def one_minus_prob(log_prob: Array) -> Array:
+  # 1 - exp(x) = -expm1(x): exact near x = 0, where 1 - p would cancel.
+  return -jnp.expm1(log_prob)
+
+
+def safe_power(base: Array, exponent) -> Array:
+  """base ** exponent for base >= 0, with a finite gradient at base = 0.
+
+  d/dx x**g is infinite (g < 1) or 0 * inf = NaN (g = 0) at x = 0; there the
+  gradient is taken as 0, the limit from the right for g > 1.
+  """
+  positive = base > 0
+  safe_base = jnp.where(positive, base, 1.0)
+  return jnp.where(positive, safe_base ** exponent,
+                   jnp.where(exponent == 0, 1.0, 0.0))

@@ -1,0 +1,225 @@
+"""Softmax cross-entropy and the losses built on its log-normaliser."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lossjax import _checks
+from lossjax import _softmax
+from lossjax.losses import _prepare
+
+Array = jax.Array
+
+
+def _is_static_zero(value) -> bool:
+  """True when `value` is known at trace time to be 0 (skip that term)."""
+  return not _checks.is_traced(value) and bool(np.all(np.asarray(value) == 0))
+
+
+def _uniform_target_term(logits: Array, log_norm: Array,
+                         class_weights: Array | None) -> Array:
+  """sum_c w_c (-log p_c): cross-entropy against a uniform target, times C."""
+  # -log p_c = logsumexp(z) - z_c, summed elementwise so no large terms cancel.
+  neg_log_probs = log_norm[..., None] - logits
+  if class_weights is not None:
+    neg_log_probs = neg_log_probs * _prepare.along_last_axis(class_weights, logits.ndim)
+  return jnp.sum(neg_log_probs, axis=-1)
+
+
+def softmax_cross_entropy_with_integer_labels(
+    logits, labels, axis: int = -1, where=None, *,
+    class_weights=None, label_smoothing=0.0) -> Array:
+  r"""Softmax cross-entropy against integer class labels.
+
+  .. math::
+    \ell_i = -\sum_c w_c\, q_{ic} \log \mathrm{softmax}(z_i)_c, \quad
+    q_i = (1 - \varepsilon)\,\mathrm{onehot}(y_i) + \varepsilon / C
+
+  With no class weights and no smoothing this is
+  ``logsumexp(z_i) - z_{i, y_i}``, the same numbers as
+  ``optax.softmax_cross_entropy_with_integer_labels``.
+
+  Args:
+    logits: ``[..., C]`` unnormalised log-probabilities (any float dtype;
+      bfloat16/float16 are computed in float32).
+    labels: ``[...]`` integers in ``[0, C)``. Out-of-range labels raise
+      ``ValueError`` outside ``jit`` and give NaN for that example inside.
+    axis: the class axis of ``logits``.
+    where: optional ``[...]`` boolean mask; masked examples give 0 and their
+      labels are not checked (the ignore-index use case).
+    class_weights: optional ``[C]`` weights, as ``torch``'s ``weight=``: an
+      example's loss is scaled by the weight of its target class(es).
+    label_smoothing: ``ε`` in ``[0, 1]``, ``torch``'s semantics.
+
+  Returns:
+    ``[...]`` per-example losses in float32 (float64 for float64 logits).
+
+  Example:
+    >>> import jax.numpy as jnp, lossjax
+    >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
+    >>> lossjax.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 1]))
+    Array([0.27..., 2.95...], dtype=float32)
+
+  Reference: label smoothing, Szegedy et al., "Rethinking the Inception
+  Architecture for Computer Vision", 2016.
+  """
+  _checks.check_in_range(label_smoothing, "label_smoothing", 0.0, 1.0)
+  batch = _prepare.integer_label_batch(logits, labels, axis, where)
+  weights = _prepare.per_class(class_weights, batch, "class_weights")
+  log_norm = _softmax.log_normalizer(batch.logits)
+  loss = log_norm - _softmax.take_class(batch.logits, batch.labels)
+  if weights is not None:
+    loss = loss * weights[batch.labels]
+  if not _is_static_zero(label_smoothing):
+    uniform = _uniform_target_term(batch.logits, log_norm, weights)
+    loss = (1.0 - label_smoothing) * loss + (
+        label_smoothing / batch.num_classes) * uniform
+  return batch.finish(loss)
+
+
+def softmax_cross_entropy(
+    logits, labels, axis: int = -1, where=None, *,
+    class_weights=None, label_smoothing=0.0) -> Array:
+  r"""Softmax cross-entropy against probability (e.g. one-hot) labels.
+
+  .. math::
+    \ell_i = -\sum_c w_c\, q_{ic} \log \mathrm{softmax}(z_i)_c, \quad
+    q_i = (1 - \varepsilon)\,y_i + \varepsilon / C
+
+  Same numbers as ``optax.softmax_cross_entropy`` without the options.
+
+  Args:
+    logits: ``[..., C]`` unnormalised log-probabilities.
+    labels: ``[..., C]`` probabilities (same shape as ``logits``, no
+      broadcasting).
+    axis: the class axis.
+    where: optional ``[...]`` boolean per-example mask; masked examples give 0.
+    class_weights: optional ``[C]`` weights (``torch``'s ``weight=``).
+    label_smoothing: ``ε`` in ``[0, 1]``.
+
+  Returns:
+    ``[...]`` per-example losses in float32 (or wider).
+
+  Example:
+    >>> import jax.numpy as jnp, lossjax
+    >>> logits = jnp.array([[1.2, -0.8, -0.5]])
+    >>> lossjax.softmax_cross_entropy(logits, jnp.array([[1.0, 0.0, 0.0]]))
+    Array([0.27...], dtype=float32)
+  """
+  _checks.check_in_range(label_smoothing, "label_smoothing", 0.0, 1.0)
+  batch = _prepare.probability_label_batch(logits, labels, axis, where)
+  weights = _prepare.per_class(class_weights, batch, "class_weights")
+  targets = batch.labels
+  if not _is_static_zero(label_smoothing):
+    targets = (1.0 - label_smoothing) * targets + (
+        label_smoothing / targets.shape[-1])
+  if weights is not None:
+    targets = targets * _prepare.along_last_axis(weights, targets.ndim)
+  log_norm = _softmax.log_normalizer(batch.logits)
+  neg_log_probs = log_norm[..., None] - batch.logits
+  return batch.finish(jnp.sum(targets * neg_log_probs, axis=-1))
+
+
+def poly_loss_cross_entropy(
+    logits, labels, *, epsilon=2.0, axis: int = -1, where=None) -> Array:
+  r"""Poly-1 loss: cross-entropy plus ε times one minus the target probability.
+
+  .. math:: \ell_i = \mathrm{CE}_i + \varepsilon\,(1 - p_{i,t})
+
+  ``labels`` may be probabilities ``[..., C]`` (optax's form, where
+  ``1 - p_t = sum_c y_c (1 - p_c)``) or integer classes ``[...]``.
+
+  Args:
+    logits: ``[..., C]``.
+    labels: ``[..., C]`` probabilities or ``[...]`` integers in ``[0, C)``.
+    epsilon: weight of the first polynomial term (2.0 as optax and the paper's
+      ImageNet setting; 0 gives cross-entropy).
+    axis: the class axis.
+    where: optional ``[...]`` per-example mask.
+
+  Returns:
+    ``[...]`` per-example losses.
+
+  Reference: Leng et al., "PolyLoss: A Polynomial Expansion Perspective of
+  Classification Loss Functions", ICLR 2022.
+  """
+  probability_labels = (jnp.issubdtype(jnp.result_type(labels), jnp.floating)
+                        and jnp.ndim(labels) == jnp.ndim(logits))
+  if not probability_labels:
+    batch = _prepare.integer_label_batch(logits, labels, axis, where)
+    log_prob = _softmax.true_class_log_prob(batch.logits, batch.labels)
+    return batch.finish(-log_prob + epsilon * _softmax.one_minus_prob(log_prob))
+  batch = _prepare.probability_label_batch(logits, labels, axis, where)
+  log_norm = _softmax.log_normalizer(batch.logits)
+  log_probs = batch.logits - log_norm[..., None]
+  cross_entropy = -jnp.sum(batch.labels * log_probs, axis=-1)
+  one_minus_pt = jnp.sum(batch.labels * _softmax.one_minus_prob(log_probs),
+                         axis=-1)
+  return batch.finish(cross_entropy + epsilon * one_minus_pt)
+
+
+def softmax_focal_loss(
+    logits, labels, *, gamma=2.0, alpha=None, axis: int = -1,
+    where=None) -> Array:
+  r"""Multiclass (softmax) focal loss with optional per-class alpha.
+
+  .. math:: \ell_i = -\alpha_{y_i} (1 - p_{i,y_i})^\gamma \log p_{i,y_i}
+
+  ``gamma = 0`` and ``alpha = None`` give cross-entropy exactly.
+
+  Args:
+    logits: ``[..., C]``.
+    labels: ``[...]`` integers in ``[0, C)``.
+    gamma: focusing exponent ``>= 0`` (2 in the paper).
+    alpha: ``None``, a scalar, or a ``[C]`` array of per-class weights.
+    axis: the class axis.
+    where: optional ``[...]`` per-example mask.
+
+  Returns:
+    ``[...]`` per-example losses.
+
+  Reference: Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017
+  (generalised from the sigmoid form to the softmax).
+  """
+  _checks.check_nonnegative(gamma, "gamma")
+  batch = _prepare.integer_label_batch(logits, labels, axis, where)
+  log_prob = _softmax.true_class_log_prob(batch.logits, batch.labels)
+  loss = -_softmax.safe_power(_softmax.one_minus_prob(log_prob), gamma) * log_prob
+  if alpha is not None:
+    alpha = jnp.asarray(alpha)
+    if alpha.ndim == 0:
+      loss = loss * alpha
+    else:
+      loss = loss * _prepare.per_class(alpha, batch, "alpha")[batch.labels]
+  return batch.finish(loss)
+
+
+def generalized_cross_entropy(
+    logits, labels, *, q=0.7, axis: int = -1, where=None) -> Array:
+  r"""Generalized cross-entropy, robust to label noise.
+
+  .. math:: \ell_i = (1 - p_{i,y_i}^q) / q
+
+  ``q -> 0`` approaches cross-entropy, ``q = 1`` is half the MAE on
+  probabilities.
+
+  Args:
+    logits: ``[..., C]``.
+    labels: ``[...]`` integers in ``[0, C)``.
+    q: exponent in ``(0, 1]`` (0.7 in the paper).
+    axis: the class axis.
+    where: optional ``[...]`` per-example mask.
+
+  Returns:
+    ``[...]`` per-example losses.
+
+  Reference: Zhang & Sabuncu, "Generalized Cross Entropy Loss for Training
+  Deep Neural Networks with Noisy Labels", NeurIPS 2018.
+  """
+  _checks.check_in_range(q, "q", 0.0, 1.0, low_open=True)
+  batch = _prepare.integer_label_batch(logits, labels, axis, where)
+  log_prob = _softmax.true_class_log_prob(batch.logits, batch.labels)
+  # 1 - p^q = -expm1(q log p): exact when p is close to 1.
+  return batch.finish(-jnp.expm1(q * log_prob) / q)

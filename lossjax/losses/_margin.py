@@ -1,0 +1,91 @@
+"""Hinge (margin) losses, binary and multiclass."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lossjax import _checks
+from lossjax.losses import _prepare
+
+Array = jax.Array
+
+
+def hinge_loss(predictor_outputs, targets) -> Array:
+  r"""Binary hinge loss, elementwise: ``max(0, 1 - y f)`` with ``y in {-1, 1}``.
+
+  Same numbers as ``optax.hinge_loss``.
+
+  Args:
+    predictor_outputs: ``[...]`` scores.
+    targets: ``[...]`` targets in ``{-1, +1}``, same shape.
+
+  Returns:
+    ``[...]`` elementwise losses.
+  """
+  outputs = _checks.floating_array(predictor_outputs, "predictor_outputs")
+  targets = jnp.asarray(targets)
+  _checks.check_shape(targets, outputs.shape, "targets",
+                      "the shape of `predictor_outputs`")
+  if not _checks.is_traced(targets):
+    bad = jnp.abs(targets) != 1
+    if bool(jnp.any(bad)):
+      raise ValueError("`targets` must be -1 or +1, got values "
+                       f"{jnp.unique(targets[bad])[:10].tolist()}.")
+  dtype = _checks.compute_dtype(outputs.dtype)
+  return jnp.maximum(0.0, 1.0 - outputs.astype(dtype) * targets.astype(dtype))
+
+
+def _crammer_singer_margin(logits: Array, labels: Array,
+                           num_classes: int) -> Array:
+  # max_c (z_c + 1 - [c = y]) - z_y: the worst margin violation, >= 0.
+  one_hot = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
+  return jnp.max(logits + 1.0 - one_hot, axis=-1) - jnp.sum(
+      logits * one_hot, axis=-1)
+
+
+def multiclass_hinge_loss(scores, labels, *, axis: int = -1,
+                          where=None) -> Array:
+  r"""Multiclass (Crammer-Singer) hinge loss.
+
+  .. math:: \ell_i = \max_c (z_{ic} + 1 - [c = y_i]) - z_{i,y_i}
+
+  Same numbers as ``optax.multiclass_hinge_loss``.
+
+  Args:
+    scores: ``[..., C]``.
+    labels: ``[...]`` integers in ``[0, C)``.
+    axis: the class axis.
+    where: optional ``[...]`` per-example mask.
+
+  Returns:
+    ``[...]`` per-example losses, ``>= 0``.
+
+  Reference: Crammer & Singer, "On the Algorithmic Implementation of
+  Multiclass Kernel-based Vector Machines", JMLR 2001.
+  """
+  batch = _prepare.integer_label_batch(scores, labels, axis, where)
+  return batch.finish(
+      _crammer_singer_margin(batch.logits, batch.labels, batch.num_classes))
+
+
+def multiclass_squared_hinge_loss(scores, labels, *, axis: int = -1,
+                                  where=None) -> Array:
+  r"""Squared multiclass hinge loss: the Crammer-Singer hinge, squared.
+
+  .. math:: \ell_i = \big(\max_c (z_{ic} + 1 - [c = y_i]) - z_{i,y_i}\big)^2
+
+  Differentiable everywhere the max is unique, unlike the plain hinge.
+
+  Args:
+    scores: ``[..., C]``.
+    labels: ``[...]`` integers in ``[0, C)``.
+    axis: the class axis.
+    where: optional ``[...]`` per-example mask.
+
+  Returns:
+    ``[...]`` per-example losses, ``>= 0``.
+  """
+  batch = _prepare.integer_label_batch(scores, labels, axis, where)
+  return batch.finish(jnp.square(
+      _crammer_singer_margin(batch.logits, batch.labels, batch.num_classes)))

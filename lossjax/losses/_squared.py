@@ -1,0 +1,115 @@
+"""Squared- and absolute-error losses on logits and on softmax probabilities."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lossjax import _checks
+from lossjax import _softmax
+from lossjax.losses import _prepare
+
+Array = jax.Array
+
+
+def squared_error(predictions, targets=None) -> Array:
+  r"""Elementwise squared error, ``(predictions - targets)^2``.
+
+  Same numbers as ``optax.squared_error``; ``targets=None`` means zeros.
+  Shapes must match exactly (no broadcasting).
+
+  Args:
+    predictions: ``[...]`` floats.
+    targets: ``[...]`` floats of the same shape, or ``None``.
+
+  Returns:
+    ``[...]`` elementwise squared errors in float32 (or wider).
+  """
+  predictions = _checks.floating_array(predictions, "predictions")
+  dtype = _checks.compute_dtype(predictions.dtype)
+  if targets is None:
+    return jnp.square(predictions.astype(dtype))
+  targets = jnp.asarray(targets)
+  _checks.check_shape(targets, predictions.shape, "targets",
+                      "the shape of `predictions`")
+  return jnp.square(predictions.astype(dtype) - targets.astype(dtype))
+
+
+def mean_squared_error_logits(logits, labels, *, k=1.0, m=1.0,
+                              axis: int = -1, where=None) -> Array:
+  r"""Square loss on raw logits against (scaled) one-hot targets.
+
+  .. math::
+    \ell_i = \frac{1}{C}\Big[k\,(z_{i,y_i} - M)^2 + \sum_{c \ne y_i} z_{ic}^2\Big]
+
+  ``k = M = 1`` (the defaults) is plain MSE against one-hot targets,
+  ``mean_c (z_c - onehot_c)^2``; Hui & Belkin rescale with ``k > 1`` and
+  ``M > 1`` for many classes (``k=5, M=30`` for ImageNet's 1000).
+
+  Args:
+    logits: ``[..., C]`` raw network outputs.
+    labels: ``[...]`` integers in ``[0, C)``.
+    k: weight of the true-class term (the paper's ``k``).
+    m: target value of the true class (the paper's ``M``).
+    axis: the class axis.
+    where: optional ``[...]`` per-example mask.
+
+  Returns:
+    ``[...]`` per-example losses.
+
+  Reference: Hui & Belkin, "Evaluation of Neural Architectures Trained with
+  Square Loss vs Cross-Entropy in Classification Tasks", ICLR 2021.
+  """
+  batch = _prepare.integer_label_batch(logits, labels, axis, where)
+  is_true = jax.nn.one_hot(batch.labels, batch.num_classes, dtype=jnp.bool_)
+  squared = jnp.where(is_true, k * jnp.square(batch.logits - m),
+                      jnp.square(batch.logits))
+  return batch.finish(jnp.mean(squared, axis=-1))
+
+
+def brier_loss(logits, labels, *, axis: int = -1, where=None) -> Array:
+  r"""Brier score: squared error between softmax probabilities and one-hot.
+
+  .. math:: \ell_i = \sum_c (\mathrm{softmax}(z_i)_c - \mathrm{onehot}(y_i)_c)^2
+
+  Args:
+    logits: ``[..., C]``.
+    labels: ``[...]`` integers in ``[0, C)``.
+    axis: the class axis.
+    where: optional ``[...]`` per-example mask.
+
+  Returns:
+    ``[...]`` per-example losses in ``[0, 2]``.
+
+  Reference: Brier, "Verification of forecasts expressed in terms of
+  probability", 1950; as a training loss, Mukhoti et al., NeurIPS 2020.
+  """
+  batch = _prepare.integer_label_batch(logits, labels, axis, where)
+  probs = jax.nn.softmax(batch.logits, axis=-1)
+  one_hot = jax.nn.one_hot(batch.labels, batch.num_classes, dtype=probs.dtype)
+  return batch.finish(jnp.sum(jnp.square(probs - one_hot), axis=-1))
+
+
+def mean_absolute_error_probs(logits, labels, *, axis: int = -1,
+                              where=None) -> Array:
+  r"""L1 distance between softmax probabilities and one-hot targets.
+
+  .. math:: \ell_i = \sum_c |p_{ic} - \mathrm{onehot}(y_i)_c| = 2 (1 - p_{i,y_i})
+
+  Robust to label noise but slow to train from scratch.
+
+  Args:
+    logits: ``[..., C]``.
+    labels: ``[...]`` integers in ``[0, C)``.
+    axis: the class axis.
+    where: optional ``[...]`` per-example mask.
+
+  Returns:
+    ``[...]`` per-example losses in ``[0, 2]``.
+
+  Reference: Ghosh, Kumar & Sastry, "Robust Loss Functions under Label Noise
+  for Deep Neural Networks", AAAI 2017.
+  """
+  batch = _prepare.integer_label_batch(logits, labels, axis, where)
+  log_prob = _softmax.true_class_log_prob(batch.logits, batch.labels)
+  return batch.finish(2.0 * _softmax.one_minus_prob(log_prob))

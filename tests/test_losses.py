@@ -1,0 +1,264 @@
+"""Registry-driven checks of every loss: values, transforms, gradients, dtypes."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import lossjax
+from lossjax import losses
+from tests import reference
+
+MULTICLASS = losses.names("multiclass")
+BINARY = losses.names("binary")
+ALL = losses.names()
+LOW_PRECISION = [jnp.bfloat16, jnp.float16]
+
+
+def make_inputs(name, rng, batch=16, classes=7, scale=2.0, dtype=np.float32):
+  """Logits and integer labels shaped for the registered loss `name`."""
+  if losses.spec(name).kind == "binary":
+    logits = rng.normal(scale=scale, size=(batch,))
+    labels = rng.integers(0, 2, size=(batch,))
+  else:
+    logits = rng.normal(scale=scale, size=(batch, classes))
+    labels = rng.integers(0, classes, size=(batch,))
+  return jnp.asarray(logits, dtype), jnp.asarray(labels, jnp.int32)
+
+
+def test_registry_holds_the_required_losses():
+  required = {"cross_entropy", "mse", "brier", "focal", "poly1",
+              "label_smoothing", "hinge", "squared_hinge", "mae", "gce"}
+  assert required <= set(losses.names())
+  for name in losses.names():
+    spec = losses.spec(name)
+    assert spec.fn.__doc__, f"{name} is undocumented"
+    assert spec.formula and spec.reference
+
+
+def test_unknown_loss_lists_the_valid_names():
+  with pytest.raises(ValueError, match="unknown loss 'nope'.*cross_entropy"):
+    losses.get("nope")
+  with pytest.raises(ValueError, match="no hyper-parameter"):
+    losses.get("focal", gama=1.0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_matches_float64_reference(name, rng):
+  logits, labels = make_inputs(name, rng)
+  hyper = losses.spec(name).hyperparameters
+  expected = reference.REFERENCES[name](np.asarray(logits, np.float64),
+                                        np.asarray(labels), **hyper)
+  got = losses.get(name)(logits, labels)
+  assert got.shape == labels.shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_jit_matches_eager(name, rng):
+  logits, labels = make_inputs(name, rng)
+  fn = losses.get(name)
+  np.testing.assert_allclose(jax.jit(fn)(logits, labels), fn(logits, labels),
+                             rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_vmap_of_per_example_matches_batched(name, rng):
+  logits, labels = make_inputs(name, rng)
+  fn = losses.get(name)
+  np.testing.assert_allclose(jax.vmap(fn)(logits, labels), fn(logits, labels),
+                             rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradients_match_finite_differences(name, rng):
+  with jax.enable_x64(True):
+    logits, labels = make_inputs(name, rng, batch=4, classes=5, dtype=np.float64)
+    fn = losses.get(name)
+    order = 2 if losses.spec(name).twice_differentiable else 1
+    check_grads(lambda z: jnp.sum(fn(z, labels)), (logits,), order=order,
+                modes=("fwd", "rev"), eps=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if losses.spec(n).twice_differentiable])
+def test_hessian_is_finite_and_symmetric(name, rng):
+  logits, labels = make_inputs(name, rng, batch=1, classes=5)
+  hessian = jax.hessian(lambda z: jnp.sum(losses.get(name)(z, labels)))(logits)
+  flat = np.asarray(hessian).reshape(logits.size, logits.size)
+  assert np.all(np.isfinite(flat))
+  np.testing.assert_allclose(flat, flat.T, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, *LOW_PRECISION], ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("name", ALL)
+def test_extreme_logits_give_finite_loss_and_gradient(name, dtype, rng):
+  logits, labels = make_inputs(name, rng, batch=32, classes=10)
+  extreme = rng.uniform(-1e4, 1e4, size=logits.shape)
+  extreme.flat[::3] = 1e4
+  extreme.flat[1::3] = -1e4
+  logits = jnp.asarray(extreme, dtype)
+  fn = losses.get(name)
+  value, grad = jax.value_and_grad(lambda z: jnp.sum(fn(z, labels)))(logits)
+  assert np.isfinite(float(value))
+  assert grad.dtype == logits.dtype
+  assert np.all(np.isfinite(np.asarray(grad, np.float32)))
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("name", ALL)
+def test_low_precision_inputs_are_computed_in_float32(name, dtype, rng):
+  logits, labels = make_inputs(name, rng)
+  fn = losses.get(name)
+  got = fn(logits.astype(dtype), labels)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, fn(logits, labels), rtol=1e-2, atol=1e-2)
+  # Computed from the rounded inputs in float32, not quantised afterwards.
+  np.testing.assert_allclose(got, fn(logits.astype(dtype).astype(jnp.float32), labels),
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_masking_equals_slicing(name, rng):
+  logits, labels = make_inputs(name, rng)
+  keep = jnp.asarray(rng.random(labels.shape) < 0.6)
+  fn = losses.get(name)
+  masked = fn(logits, labels, where=keep)
+  np.testing.assert_allclose(masked[keep], fn(logits[keep], labels[keep]), rtol=1e-6)
+  assert np.all(np.asarray(masked)[~np.asarray(keep)] == 0)
+
+
+@pytest.mark.parametrize("name", MULTICLASS)
+def test_masked_examples_may_carry_ignore_index_labels(name, rng):
+  logits, labels = make_inputs(name, rng)
+  keep = np.ones(labels.shape, bool)
+  keep[::4] = False
+  ignored = jnp.where(jnp.asarray(keep), labels, -100)
+  fn = losses.get(name)
+  got = fn(logits, ignored, where=jnp.asarray(keep))
+  np.testing.assert_allclose(got, fn(logits, labels, where=jnp.asarray(keep)))
+  jitted = jax.jit(fn)(logits, ignored, where=jnp.asarray(keep))
+  np.testing.assert_allclose(jitted, got, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", MULTICLASS)
+def test_class_axis_can_be_moved(name, rng):
+  logits, labels = make_inputs(name, rng)
+  fn = losses.get(name)
+  np.testing.assert_allclose(fn(logits.T, labels, axis=0), fn(logits, labels), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in MULTICLASS if n not in ("hinge", "squared_hinge", "mse", "mse_rescaled")])
+def test_softmax_losses_ignore_a_shift_of_the_logits(name, rng):
+  logits, labels = make_inputs(name, rng)
+  fn = losses.get(name)
+  np.testing.assert_allclose(fn(logits + 100.0, labels), fn(logits, labels), rtol=2e-4, atol=1e-5)
+
+
+# Identities between losses.
+
+def test_focal_with_gamma_zero_is_cross_entropy(rng):
+  logits, labels = make_inputs("focal", rng)
+  np.testing.assert_allclose(
+      lossjax.softmax_focal_loss(logits, labels, gamma=0.0),
+      lossjax.softmax_cross_entropy_with_integer_labels(logits, labels), rtol=1e-6)
+
+
+def test_focal_gamma_zero_gradient_is_cross_entropy_gradient_at_certainty():
+  logits = jnp.array([[50.0, -50.0, -50.0]])
+  labels = jnp.array([0])
+  grad = jax.grad(lambda z: lossjax.softmax_focal_loss(z, labels, gamma=0.0).sum())(logits)
+  assert np.all(np.isfinite(grad))
+
+
+def test_poly_with_epsilon_zero_is_cross_entropy(rng):
+  logits, labels = make_inputs("poly1", rng)
+  np.testing.assert_allclose(
+      lossjax.poly_loss_cross_entropy(logits, labels, epsilon=0.0),
+      lossjax.softmax_cross_entropy_with_integer_labels(logits, labels), rtol=1e-6)
+
+
+def test_label_smoothing_zero_is_cross_entropy(rng):
+  logits, labels = make_inputs("cross_entropy", rng)
+  np.testing.assert_allclose(
+      losses.get("label_smoothing", label_smoothing=0.0)(logits, labels),
+      lossjax.softmax_cross_entropy_with_integer_labels(logits, labels), rtol=1e-6)
+
+
+def test_rescaled_mse_with_k_and_m_one_is_plain_mse(rng):
+  logits, labels = make_inputs("mse", rng)
+  plain = jnp.mean(jnp.square(logits - jax.nn.one_hot(labels, logits.shape[-1])), axis=-1)
+  np.testing.assert_allclose(
+      losses.get("mse_rescaled", k=1.0, m=1.0)(logits, labels), plain, rtol=1e-6)
+
+
+def test_integer_and_one_hot_labels_agree_with_all_options(rng):
+  logits, labels = make_inputs("cross_entropy", rng)
+  weights = jnp.asarray(rng.uniform(0.5, 2.0, size=logits.shape[-1]), jnp.float32)
+  one_hot = jax.nn.one_hot(labels, logits.shape[-1])
+  options = dict(class_weights=weights, label_smoothing=0.2)
+  np.testing.assert_allclose(
+      lossjax.softmax_cross_entropy_with_integer_labels(logits, labels, **options),
+      lossjax.softmax_cross_entropy(logits, one_hot, **options), rtol=1e-5)
+  np.testing.assert_allclose(
+      lossjax.softmax_cross_entropy_with_integer_labels(logits, labels, **options),
+      reference.cross_entropy(np.asarray(logits), np.asarray(labels),
+                              class_weights=np.asarray(weights), label_smoothing=0.2),
+      rtol=1e-5)
+
+
+def test_class_weights_scale_by_the_true_class_weight(rng):
+  logits, labels = make_inputs("cross_entropy", rng)
+  weights = jnp.asarray(rng.uniform(0.5, 2.0, size=logits.shape[-1]), jnp.float32)
+  np.testing.assert_allclose(
+      lossjax.softmax_cross_entropy_with_integer_labels(logits, labels, class_weights=weights),
+      weights[labels] * lossjax.softmax_cross_entropy_with_integer_labels(logits, labels),
+      rtol=1e-6)
+
+
+def test_focal_per_class_alpha_matches_reference(rng):
+  logits, labels = make_inputs("focal", rng)
+  alpha = rng.uniform(0.1, 0.9, size=logits.shape[-1])
+  np.testing.assert_allclose(
+      lossjax.softmax_focal_loss(logits, labels, gamma=1.5, alpha=jnp.asarray(alpha, jnp.float32)),
+      reference.focal(np.asarray(logits), np.asarray(labels), gamma=1.5, alpha=alpha),
+      rtol=1e-5, atol=1e-7)
+
+
+def test_focal_gradient_is_finite_for_fractional_gamma_at_certainty():
+  logits = jnp.array([[80.0, 0.0, 0.0]])
+  for gamma in (0.0, 0.5, 2.0):
+    grad = jax.grad(lambda z: lossjax.softmax_focal_loss(z, jnp.array([0]), gamma=gamma).sum())(logits)
+    assert np.all(np.isfinite(grad)), gamma
+
+
+def test_pos_weight_matches_reference(rng):
+  logits, labels = make_inputs("binary_cross_entropy", rng)
+  np.testing.assert_allclose(
+      lossjax.sigmoid_binary_cross_entropy(logits, labels, pos_weight=3.0),
+      reference.binary_cross_entropy(np.asarray(logits), np.asarray(labels), pos_weight=3.0),
+      rtol=1e-5, atol=1e-7)
+
+
+def test_class_balanced_weights_match_the_formula():
+  counts = np.array([500, 100, 20, 5])
+  beta = 0.99
+  raw = (1 - beta) / (1 - beta ** counts)
+  np.testing.assert_allclose(lossjax.class_balanced_weights(counts, beta=beta),
+                             raw * len(counts) / raw.sum(), rtol=1e-5)
+  np.testing.assert_allclose(lossjax.class_balanced_weights(counts, beta=0.0), np.ones(4))
+  near_one = lossjax.class_balanced_weights(counts, beta=0.999999)
+  inverse_frequency = (1 / counts) * 4 / (1 / counts).sum()
+  np.testing.assert_allclose(near_one, inverse_frequency, rtol=1e-3)
+
+
+@pytest.mark.parametrize("counts, beta, message", [
+    ([10, 0, 3], 0.9, "`counts` must all be > 0"),
+    ([10, 3], 1.0, "`beta` must be in"),
+    ([[10, 3]], 0.9, "1-D"),
+])
+def test_class_balanced_weights_reject_bad_input(counts, beta, message):
+  with pytest.raises(ValueError, match=message):
+    lossjax.class_balanced_weights(counts, beta=beta)

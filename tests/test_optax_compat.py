@@ -1,0 +1,86 @@
+"""Same names, same positional arguments, same numbers as optax 0.2.x."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lossjax
+from lossjax import losses
+
+
+@pytest.fixture
+def batch(rng):
+  logits = jnp.asarray(rng.normal(scale=3.0, size=(32, 11)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 11, size=(32,)), jnp.int32)
+  probabilities = jax.nn.softmax(jnp.asarray(rng.normal(size=(32, 11)), jnp.float32))
+  binary_logits = jnp.asarray(rng.normal(scale=3.0, size=(32,)), jnp.float32)
+  binary_labels = jnp.asarray(rng.integers(0, 2, size=(32,)), jnp.float32)
+  return logits, labels, probabilities, binary_logits, binary_labels
+
+
+def test_every_registered_optax_equivalent_gives_the_same_numbers(batch):
+  logits, labels, _, binary_logits, binary_labels = batch
+  for name in losses.names():
+    spec = losses.spec(name)
+    if spec.optax_equivalent is None:
+      continue
+    optax_fn = getattr(optax.losses, spec.optax_equivalent)
+    if spec.kind == "binary":
+      args = (binary_logits, binary_labels)
+    elif spec.optax_equivalent == "poly_loss_cross_entropy":
+      args = (logits, jax.nn.one_hot(labels, logits.shape[-1]))
+    else:
+      args = (logits, labels)
+    np.testing.assert_allclose(spec.fn(*args, **spec.hyperparameters),
+                               optax_fn(*args, **spec.hyperparameters),
+                               rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("fn_name", [
+    "softmax_cross_entropy", "poly_loss_cross_entropy",
+])
+def test_probability_label_losses_match_optax(fn_name, batch):
+  logits, _, probabilities, _, _ = batch
+  np.testing.assert_allclose(getattr(lossjax, fn_name)(logits, probabilities),
+                             getattr(optax.losses, fn_name)(logits, probabilities),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_integer_label_cross_entropy_matches_optax_with_where(batch):
+  logits, labels, _, _, _ = batch
+  keep = jnp.arange(32) % 3 != 0
+  np.testing.assert_allclose(
+      lossjax.softmax_cross_entropy_with_integer_labels(logits, labels, -1, keep),
+      optax.softmax_cross_entropy_with_integer_labels(logits, labels, -1, keep),
+      rtol=1e-6)
+
+
+def test_elementwise_losses_match_optax(batch, rng):
+  _, _, _, binary_logits, binary_labels = batch
+  signs = 2.0 * binary_labels - 1.0
+  for gamma, alpha in [(2.0, 0.25), (0.5, None), (0.0, 0.7)]:
+    np.testing.assert_allclose(
+        lossjax.sigmoid_focal_loss(binary_logits, binary_labels, alpha=alpha, gamma=gamma),
+        optax.sigmoid_focal_loss(binary_logits, binary_labels, alpha=alpha, gamma=gamma),
+        rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(lossjax.hinge_loss(binary_logits, signs),
+                             optax.hinge_loss(binary_logits, signs))
+  targets = jnp.asarray(rng.normal(size=binary_logits.shape), jnp.float32)
+  np.testing.assert_allclose(lossjax.squared_error(binary_logits, targets),
+                             optax.squared_error(binary_logits, targets))
+  np.testing.assert_allclose(lossjax.squared_error(binary_logits),
+                             optax.squared_error(binary_logits))
+
+
+def test_bfloat16_is_not_quantised_like_optax(batch):
+  logits, labels, _, _, _ = batch
+  ours = lossjax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.bfloat16), labels)
+  theirs = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.bfloat16), labels)
+  assert ours.dtype == jnp.float32 and theirs.dtype == jnp.bfloat16
+  exact = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.bfloat16).astype(jnp.float32), labels)
+  ours_error = np.max(np.abs(np.asarray(ours) - np.asarray(exact)))
+  optax_error = np.max(np.abs(np.asarray(theirs, np.float32) - np.asarray(exact)))
+  assert ours_error < 1e-5 < optax_error
