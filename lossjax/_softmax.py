@@ -12,13 +12,45 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def log_normalizer(logits: Array) -> Array:
-  """logsumexp over the last axis: `[..., C] -> [...]`."""
+def _row_sums_fused(sums: Array) -> Array:
+  """Leaves the row sums for the default (GPU/TPU) fusion decisions."""
+  return sums
+
+
+def _row_sums_materialized(sums: Array) -> Array:
+  """Marks the row sums with a no-op rounding so that XLA:CPU keeps them apart.
+
+  On CPU, XLA fuses max, exp-and-sum *and* the log that follows into one
+  kernel that runs ~3x slower than the exp-and-sum alone (measured at
+  (65536, 1000) float32: 100 ms vs 30 ms). Rounding to the dtype's own
+  precision changes no bit but is not fused into that kernel.
+  """
+  info = jnp.finfo(sums.dtype)
+  return jax.lax.reduce_precision(sums, exponent_bits=info.nexp,
+                                  mantissa_bits=info.nmant)
+
+
+def log_normalizer(logits: Array, *, platform: str | None = None) -> Array:
+  """logsumexp over the last axis: `[..., C] -> [...]`.
+
+  The formulation is chosen per backend when the program is lowered
+  (``jax.lax.platform_dependent``); `platform` ('cpu' or 'default') forces
+  one, for tests of the path the current machine would not take.
+  """
   # log sum_j exp(z_j) = m + log sum_j exp(z_j - m) for any m; m = max keeps
   # every exponent <= 0 so nothing overflows, and one term is exactly 1.
   row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-  shifted_sum = jnp.sum(jnp.exp(logits - row_max), axis=-1)
-  return row_max[..., 0] + jnp.log(shifted_sum)
+  sums = jnp.sum(jnp.exp(logits - row_max), axis=-1)
+  if platform == "cpu":
+    sums = _row_sums_materialized(sums)
+  elif platform == "default":
+    sums = _row_sums_fused(sums)
+  elif platform is None:
+    sums = jax.lax.platform_dependent(
+        sums, cpu=_row_sums_materialized, default=_row_sums_fused)
+  else:
+    raise ValueError(f"`platform` must be 'cpu', 'default' or None, got {platform!r}.")
+  return row_max[..., 0] + jnp.log(sums)
 
 
 def take_class(values: Array, labels: Array) -> Array:

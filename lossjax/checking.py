@@ -1,8 +1,15 @@
 """Label checks that raise under ``jit``, built on ``jax.experimental.checkify``.
 
-Every lossjax loss records a debug ``checkify`` check on its labels when it is
-traced. Plain ``jit`` drops it (no cost); ``checked`` (or wrapping your own
-step in ``checkify.checkify``) turns it into an error at run time.
+Traced lossjax losses record a ``checkify`` check on their labels inside
+``label_checks()``; ``checked`` does that for one loss. To check inside your own
+jitted step, trace it with checks on and checkify it::
+
+    with lossjax.label_checks():
+      checked_step = jax.jit(checkify.checkify(step))
+      error, out = checked_step(...)
+    error.throw()
+
+Without ``label_checks()`` nothing is recorded, so plain ``jit`` pays nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from typing import Any, Callable
 
 import jax
 from jax.experimental import checkify
+
+from lossjax._checks import label_checks
 
 
 def checked(loss_fn: Callable[..., Any], *, static_argnames=("axis",)):
@@ -32,7 +41,8 @@ def checked(loss_fn: Callable[..., Any], *, static_argnames=("axis",)):
 
   @functools.wraps(loss_fn)
   def run(*args, **kwargs):
-    error, values = checkified(*args, **kwargs)
+    with label_checks():
+      error, values = checkified(*args, **kwargs)
     error.throw()
     return values
 

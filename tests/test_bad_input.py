@@ -65,10 +65,22 @@ def test_checked_registry_loss_with_hyperparameters(logits):
     focal(logits, jnp.array([0, 1, -3, 2, 3, 4]))
 
 
-def test_label_checks_cost_nothing_under_plain_jit(logits):
-  labels = jnp.arange(6) % 5
-  hlo = jax.jit(lossjax.softmax_cross_entropy_with_integer_labels).lower(logits, labels).as_text()
-  assert "callback" not in hlo.lower()
+def test_plain_jit_records_no_effect(logits):
+  # An effect would push every jitted call onto the slow dispatch path.
+  jaxpr = jax.make_jaxpr(lossjax.softmax_cross_entropy_with_integer_labels)(
+      logits, jnp.arange(6) % 5)
+  assert not jaxpr.effects
+
+
+def test_label_checks_inside_a_user_step(logits):
+  def step(z, y):
+    return lossjax.reduction.mean(losses.get("brier")(z, y))
+
+  with lossjax.label_checks():
+    checked_step = jax.jit(checkify.checkify(step))
+    error, _ = checked_step(logits, jnp.array([0, 1, 9, 2, 3, 4]))
+  with pytest.raises(checkify.JaxRuntimeError, match="offending value: 9"):
+    error.throw()
 
 
 @pytest.mark.parametrize("name", MULTICLASS)
