@@ -1,0 +1,5 @@
+import sys
+
+from lossjax.cli import main
+
+sys.exit(main())

@@ -1,0 +1,113 @@
+"""Command line: ``lossjax train ...`` (also ``python -m lossjax train ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def _floats(text: str) -> tuple[float, ...]:
+  try:
+    return tuple(float(v) for v in text.split(",") if v.strip())
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _train_parser(sub) -> None:
+  from lossjax import data, losses, models, train
+  defaults = train.TrainConfig()
+  p = sub.add_parser(
+      "train", help="train seeds x learning rates of one config; write its history as JSON",
+      description="Trains every (seed, learning rate) run of one config as one compiled "
+                  "program and writes the evaluation history as JSON.")
+  p.add_argument("--dataset", default=defaults.dataset,
+                 help=f"dataset name: {', '.join(data.names())}, or tfds:NAME "
+                      f"(default: %(default)s)")
+  p.add_argument("--model", default=defaults.model.name, choices=models.MODEL_NAMES,
+                 help="model family (default: %(default)s)")
+  p.add_argument("--depth", type=int, default=defaults.model.depth,
+                 help="MLP hidden layers (default: %(default)s)")
+  p.add_argument("--width", type=int, default=defaults.model.width,
+                 help="hidden units per layer (default: %(default)s)")
+  p.add_argument("--activation", default=defaults.model.activation,
+                 choices=sorted(models.ACTIVATIONS), help="hidden activation (default: %(default)s)")
+  p.add_argument("--init-scale", type=float, default=defaults.model.init_scale,
+                 help="multiplier of the LeCun-normal initial weights (default: %(default)s)")
+  p.add_argument("--loss", default=defaults.loss,
+                 help=f"registered loss: {', '.join(losses.names())} (default: %(default)s)")
+  p.add_argument("--optimizer", default=defaults.optimizer,
+                 help="any optax optimizer, e.g. sgd, adam, adamw (default: %(default)s)")
+  p.add_argument("--momentum", type=float, default=0.9,
+                 help="momentum for sgd (default: %(default)s; ignored by other optimizers)")
+  p.add_argument("--schedule", default=defaults.schedule, choices=("constant", "cosine", "warmup_cosine"),
+                 help="learning-rate schedule (default: %(default)s)")
+  p.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                 help="examples per step (default: %(default)s)")
+  p.add_argument("--steps", type=int, default=defaults.steps,
+                 help="training steps per run (default: %(default)s)")
+  p.add_argument("--eval-interval", type=int, default=defaults.eval_interval,
+                 help="steps between evaluations; must divide --steps (default: %(default)s)")
+  p.add_argument("--seeds", type=int, default=len(defaults.seeds),
+                 help="number of seeds, 0..N-1 (default: %(default)s)")
+  p.add_argument("--lrs", type=_floats, default=defaults.learning_rates,
+                 help="comma-separated learning rates (default: 0.01,0.1)")
+  p.add_argument("--imbalance", type=float, default=None,
+                 help="long-tail the training data with this imbalance factor")
+  p.add_argument("--noise", type=float, default=None,
+                 help="symmetric label-noise rate on the training labels")
+  p.add_argument("--json", default=None, metavar="PATH",
+                 help="write the history here (default: print a summary only)")
+  p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _train(args) -> int:
+  from lossjax import data, losses, models, train
+  if not args.dataset.startswith("tfds:") and args.dataset not in data.names():
+    raise SystemExit(f"lossjax train: unknown dataset {args.dataset!r}; available: "
+                     f"{', '.join(data.names())}, or tfds:NAME")
+  if args.loss not in losses.names():
+    raise SystemExit(f"lossjax train: unknown loss {args.loss!r}; available: "
+                     f"{', '.join(losses.names())}")
+  optimizer_options = {"momentum": args.momentum} if args.optimizer == "sgd" else {}
+  try:
+    config = train.TrainConfig(
+        dataset=args.dataset, imbalance=args.imbalance, noise=args.noise,
+        model=models.ModelConfig(args.model, args.depth, args.width, args.activation,
+                                 args.init_scale),
+        loss=args.loss, optimizer=args.optimizer, optimizer_options=optimizer_options,
+        schedule=args.schedule, batch_size=args.batch_size, steps=args.steps,
+        eval_interval=args.eval_interval, seeds=tuple(range(args.seeds)),
+        learning_rates=args.lrs)
+    history = train.train(config, progress=not args.quiet)
+  except (ValueError, TypeError, data.DatasetUnavailableError) as error:
+    raise SystemExit(f"lossjax train: {error}") from None
+  final = history.metrics["test_accuracy"][:, -1]
+  for lr in np.unique(history.learning_rates):
+    runs = history.runs_at(lr)
+    print(f"lr {lr:g}: final test accuracy {np.nanmean(final[runs]):.4f} "
+          f"(min {np.nanmin(final[runs]):.4f}, max {np.nanmax(final[runs]):.4f}) over "
+          f"{len(runs)} seeds; diverged {int(history.diverged[runs].sum())}")
+  print(f"compile {history.compile_seconds:.1f}s, train {history.train_seconds:.1f}s, "
+        f"{history.run_steps_per_second():.0f} run-steps/s")
+  if args.json:
+    train.save_json(history, args.json)
+    print(f"history written to {args.json}")
+  return 0
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="lossjax", description="lossjax command line")
+  sub = parser.add_subparsers(dest="command", required=True)
+  _train_parser(sub)
+  args = parser.parse_args(argv)
+  if args.command == "train":
+    return _train(args)
+  parser.error(f"unknown command {args.command!r}")
+  return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

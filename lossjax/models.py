@@ -1,0 +1,142 @@
+"""Flax NNX models built from a key, so N models come from vmapping N keys.
+
+``build(...)`` returns a ``ModelFns``: ``init(key) -> params`` (a pure pytree,
+vmappable over keys) and ``apply(params, x) -> logits``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+}
+
+
+def _kernel_init(init_scale: float):
+  base = nnx.initializers.lecun_normal()
+  return lambda key, shape, dtype=jnp.float32: init_scale * base(key, shape, dtype)
+
+
+class MLP(nnx.Module):
+  """Fully connected net: `depth` hidden layers of `width` units, C logits."""
+
+  def __init__(self, in_features: int, num_classes: int, *, depth: int = 1,
+               width: int = 256, activation: str = "relu", init_scale: float = 1.0,
+               rngs: nnx.Rngs):
+    init = _kernel_init(init_scale)
+    sizes = [in_features] + [width] * depth
+    self.hidden = nnx.List([nnx.Linear(a, b, kernel_init=init, rngs=rngs)
+                            for a, b in zip(sizes[:-1], sizes[1:])])
+    self.out = nnx.Linear(sizes[-1], num_classes, kernel_init=init, rngs=rngs)
+    self.activation = activation
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.reshape(x.shape[0], -1)
+    act = ACTIVATIONS[self.activation]
+    for layer in self.hidden:
+      x = act(layer(x))
+    return self.out(x)
+
+
+class CNN(nnx.Module):
+  """LeNet-style: two 5x5 conv + 2x2 average-pool stages, two dense layers."""
+
+  def __init__(self, input_shape: tuple[int, ...], num_classes: int, *,
+               channels: tuple[int, int] = (6, 16), width: int = 120,
+               activation: str = "relu", init_scale: float = 1.0, rngs: nnx.Rngs):
+    if len(input_shape) != 3:
+      raise ValueError(f"the CNN needs (height, width, channels) inputs, got {input_shape}.")
+    init = _kernel_init(init_scale)
+    height, wide, depth = input_shape
+    self.conv1 = nnx.Conv(depth, channels[0], (5, 5), padding="SAME", kernel_init=init, rngs=rngs)
+    self.conv2 = nnx.Conv(channels[0], channels[1], (5, 5), padding="SAME", kernel_init=init, rngs=rngs)
+    flat = math.ceil(height / 4) * math.ceil(wide / 4) * channels[1]
+    self.dense = nnx.Linear(flat, width, kernel_init=init, rngs=rngs)
+    self.out = nnx.Linear(width, num_classes, kernel_init=init, rngs=rngs)
+    self.activation = activation
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    act = ACTIVATIONS[self.activation]
+    pool = _average_pool_2x2
+    x = pool(act(self.conv1(x)))
+    x = pool(act(self.conv2(x)))
+    x = act(self.dense(x.reshape(x.shape[0], -1)))
+    return self.out(x)
+
+
+def _average_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 average pooling, stride 2; odd sizes are zero-padded ("SAME")."""
+  # Reshape-and-mean rather than flax's avg_pool, which divides by an int
+  # (rejected under strict dtype promotion).
+  batch, height, width, channels = x.shape
+  x = jnp.pad(x, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
+  x = x.reshape(batch, x.shape[1] // 2, 2, x.shape[2] // 2, 2, channels)
+  return jnp.mean(x, axis=(2, 4))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Which model, and its shape. Defaults: a 256-unit ReLU MLP."""
+  name: str = "mlp"
+  depth: int = 1
+  width: int = 256
+  activation: str = "relu"
+  init_scale: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFns:
+  init: Callable[[jax.Array], Any]
+  apply: Callable[[Any, jax.Array], jax.Array]
+  flops_per_example: int  # forward multiply-adds x 2
+
+
+MODEL_NAMES = ("mlp", "cnn")
+
+
+def build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> ModelFns:
+  """The pure init/apply pair for `config` on inputs of `input_shape`."""
+  if config.name not in MODEL_NAMES:
+    raise ValueError(f"unknown model {config.name!r}; available: {', '.join(MODEL_NAMES)}.")
+  if config.activation not in ACTIVATIONS:
+    raise ValueError(f"unknown activation {config.activation!r}; available: "
+                     f"{', '.join(ACTIVATIONS)}.")
+
+  def create(key: jax.Array) -> nnx.Module:
+    rngs = nnx.Rngs(params=key)
+    if config.name == "mlp":
+      return MLP(math.prod(input_shape), num_classes, depth=config.depth, width=config.width,
+                 activation=config.activation, init_scale=config.init_scale, rngs=rngs)
+    return CNN(tuple(input_shape), num_classes, width=config.width,
+               activation=config.activation, init_scale=config.init_scale, rngs=rngs)
+
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: create(jax.random.key(0))))
+
+  def init(key: jax.Array):
+    return nnx.split(create(key))[1]
+
+  def apply(params, x: jax.Array) -> jax.Array:
+    return nnx.merge(graphdef, params)(x)
+
+  return ModelFns(init, apply, _forward_flops(config, input_shape, num_classes))
+
+
+def _forward_flops(config: ModelConfig, input_shape, num_classes: int) -> int:
+  """2 x multiply-adds of one forward pass (dense and conv layers only)."""
+  if config.name == "mlp":
+    sizes = [math.prod(input_shape)] + [config.width] * config.depth + [num_classes]
+    return 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+  height, wide, depth = input_shape
+  c1, c2 = 6, 16
+  conv = height * wide * 25 * depth * c1 + math.ceil(height / 2) * math.ceil(wide / 2) * 25 * c1 * c2
+  flat = math.ceil(height / 4) * math.ceil(wide / 4) * c2
+  return 2 * (conv + flat * config.width + config.width * num_classes)

@@ -1,0 +1,388 @@
+"""The training engine: every run of a config in one compiled program.
+
+Runs (seeds x learning rates) are ``jax.vmap``-ed, steps are ``lax.scan``-ned,
+and evaluation happens inside the program every ``eval_interval`` steps. The
+program is compiled once per (model, loss, dataset shape) and called once per
+chunk of steps, which is where progress is reported and where nothing
+computed so far can be lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lossjax import data as data_lib
+from lossjax import losses, metrics, models, reduction
+
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+EVAL_METRICS = ("accuracy", "balanced_accuracy", "nll", "ece", "brier",
+                "misclassified_grad_norm")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything one training job needs; every field has a sensible default."""
+  dataset: str = "mnist5k"
+  dataset_options: dict = dataclasses.field(default_factory=dict)
+  imbalance: float | None = None
+  noise: float | None = None
+  model: models.ModelConfig = models.ModelConfig()
+  loss: str = "cross_entropy"
+  loss_options: dict = dataclasses.field(default_factory=dict)
+  class_balance_beta: float | None = None  # weight examples by Cui et al. 2019
+  optimizer: str = "sgd"
+  optimizer_options: dict = dataclasses.field(default_factory=lambda: {"momentum": 0.9})
+  schedule: str = "constant"
+  batch_size: int = 128
+  steps: int = 2000
+  eval_interval: int = 100
+  seeds: tuple[int, ...] = tuple(range(8))
+  learning_rates: tuple[float, ...] = (0.01, 0.1)
+  targets: tuple[float, ...] = (0.85, 0.9, 0.92)
+  data_seed: int = 0
+  max_chunk_steps: int = 500
+
+  def __post_init__(self):
+    losses.spec(self.loss)  # unknown loss: ValueError listing the names
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"unknown schedule {self.schedule!r}; available: {', '.join(SCHEDULES)}.")
+    if not hasattr(optax, self.optimizer):
+      raise ValueError(f"unknown optimizer {self.optimizer!r}: not an optax optimizer "
+                       "(e.g. sgd, adam, adamw).")
+    for name in ("batch_size", "steps", "eval_interval"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+    if self.steps % self.eval_interval:
+      raise ValueError(f"`steps` ({self.steps}) must be a multiple of `eval_interval` "
+                       f"({self.eval_interval}).")
+    if not self.seeds or not self.learning_rates:
+      raise ValueError("`seeds` and `learning_rates` must not be empty.")
+    if any(lr <= 0 for lr in self.learning_rates):
+      raise ValueError(f"`learning_rates` must be > 0, got {self.learning_rates}.")
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class History:
+  """What a training job measured, run by run and evaluation by evaluation.
+
+  ``metrics[name]`` is ``[runs, evaluations]``, named ``train_loss``,
+  ``val_accuracy``, ``test_accuracy``, ``test_nll``, ``test_ece``, ...
+  ``steps_to_target[t]`` is ``[runs]``: the first evaluated step whose test
+  accuracy reached ``t``, or -1 if none did.
+  """
+  config: dict
+  seeds: np.ndarray
+  learning_rates: np.ndarray
+  eval_steps: np.ndarray
+  metrics: dict[str, np.ndarray]
+  diverged: np.ndarray
+  diverged_at: np.ndarray
+  steps_to_target: dict[float, np.ndarray]
+  compile_seconds: float
+  train_seconds: float
+  final_logits: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+  @property
+  def num_runs(self) -> int:
+    return len(self.seeds)
+
+  def run_steps_per_second(self) -> float:
+    return self.num_runs * int(self.eval_steps[-1]) / self.train_seconds
+
+  def best_learning_rate(self, metric: str = "val_accuracy") -> float:
+    """The learning rate whose runs have the best mean final `metric`
+    (diverged runs count as the worst value); ties go to the smaller rate."""
+    final = self.metrics[metric][:, -1].copy()
+    worse = -np.inf if "accuracy" in metric else np.inf
+    final[self.diverged | ~np.isfinite(final)] = worse
+    rates = np.unique(self.learning_rates)
+    means = [final[self.learning_rates == lr].mean() for lr in rates]
+    return float(rates[int(np.nanargmax(means) if "accuracy" in metric else np.nanargmin(means))])
+
+  def runs_at(self, learning_rate: float) -> np.ndarray:
+    return np.flatnonzero(np.isclose(self.learning_rates, learning_rate))
+
+  def to_json(self) -> dict:
+    """Plain JSON: one record per run, with its metric series by name."""
+    runs = []
+    for r in range(self.num_runs):
+      record = {"seed": int(self.seeds[r]), "learning_rate": float(self.learning_rates[r]),
+                "diverged": bool(self.diverged[r]),
+                "diverged_at_step": int(self.diverged_at[r]) if self.diverged[r] else None,
+                "steps_to_target": {f"{t:g}": (int(s[r]) if s[r] >= 0 else None)
+                                    for t, s in self.steps_to_target.items()}}
+      for name, values in self.metrics.items():
+        record[name] = [None if not np.isfinite(v) else float(v) for v in values[r]]
+      runs.append(record)
+    return {"config": self.config, "eval_steps": self.eval_steps.tolist(),
+            "compile_seconds": self.compile_seconds, "train_seconds": self.train_seconds,
+            "backend": jax.default_backend(), "devices": jax.device_count(),
+            "jax_version": jax.__version__, "runs": runs}
+
+
+def _schedule(name: str, total_steps: int) -> Callable[[jax.Array], jax.Array]:
+  """A multiplier of the base learning rate, as a function of the step."""
+  if name == "constant":
+    return lambda step: jnp.float32(1.0)
+  if name == "cosine":
+    return optax.cosine_decay_schedule(1.0, total_steps)
+  warmup = max(1, total_steps // 20)
+  return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total_steps)
+
+
+def _binary_as_two_logits(logit: jax.Array) -> jax.Array:
+  # softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)]: binary models share the
+  # multiclass metrics.
+  return jnp.stack([jnp.zeros_like(logit), logit], axis=-1)
+
+
+class _Program:
+  """The pure functions of one config: init, one chunk of steps, evaluation."""
+
+  def __init__(self, config: TrainConfig, dataset: data_lib.Dataset):
+    self.config = config
+    spec = losses.spec(config.loss)
+    self.binary = spec.kind == "binary"
+    if self.binary and dataset.num_classes != 2:
+      raise ValueError(f"loss {config.loss!r} is binary but dataset {dataset.name!r} has "
+                       f"{dataset.num_classes} classes.")
+    self.num_classes = dataset.num_classes
+    self.model = models.build(config.model, dataset.input_shape,
+                              1 if self.binary else dataset.num_classes)
+    self.loss_fn = losses.get(config.loss, **config.loss_options)
+    self.base_optimizer = getattr(optax, config.optimizer)(learning_rate=1.0,
+                                                           **config.optimizer_options)
+    self.schedule = _schedule(config.schedule, config.steps)
+    weights = np.ones(dataset.num_classes, np.float32)
+    if config.class_balance_beta is not None:
+      weights = np.asarray(losses.class_balanced_weights(dataset.class_counts(),
+                                                         beta=config.class_balance_beta))
+    self.class_weights = jnp.asarray(weights)
+    self.num_train = len(dataset.y_train)
+    if config.batch_size > self.num_train:
+      raise ValueError(f"`batch_size` ({config.batch_size}) exceeds the {self.num_train} "
+                       "training examples.")
+    self.steps_per_epoch = self.num_train // config.batch_size
+
+  def logits(self, params, x):
+    out = self.model.apply(params, x)
+    return out[..., 0] if self.binary else out
+
+  def metric_logits(self, params, x):
+    out = self.logits(params, x)
+    return _binary_as_two_logits(out) if self.binary else out
+
+  def batch_loss(self, params, x, y):
+    per_example = self.loss_fn(self.logits(params, x), y)
+    return reduction.weighted_mean(per_example, self.class_weights[y])
+
+  def init(self, seed_key):
+    params = self.model.init(jax.random.fold_in(seed_key, 0))
+    return {"params": params, "opt_state": self.base_optimizer.init(params),
+            "diverged": jnp.bool_(False), "diverged_at": jnp.int32(-1)}
+
+  def batch_indices(self, data_key, steps):
+    """Indices of each step's batch: a fresh permutation each epoch."""
+    epochs = steps // self.steps_per_epoch
+    positions = steps % self.steps_per_epoch
+    size = self.config.batch_size
+
+    def one(epoch, position):
+      permutation = jax.random.permutation(jax.random.fold_in(data_key, epoch), self.num_train)
+      return jax.lax.dynamic_slice(permutation, (position * size,), (size,))
+
+    return jax.vmap(one)(epochs, positions)
+
+  def train_step(self, run_state, learning_rate, step, x, y):
+    params, opt_state = run_state["params"], run_state["opt_state"]
+    loss, grads = jax.value_and_grad(self.batch_loss)(params, x, y)
+    updates, new_opt_state = self.base_optimizer.update(grads, opt_state, params)
+    scale = learning_rate * self.schedule(step)
+    new_params = jax.tree.map(lambda p, u: p + scale * u, params, updates)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.array(
+        [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_params)]))
+    diverged = run_state["diverged"] | ~finite
+    keep_old = lambda old, new: jnp.where(diverged, old, new)
+    return {"params": jax.tree.map(keep_old, params, new_params),
+            "opt_state": jax.tree.map(keep_old, opt_state, new_opt_state),
+            "diverged": diverged,
+            "diverged_at": jnp.where(diverged & ~run_state["diverged"], step,
+                                     run_state["diverged_at"])}, jnp.where(diverged, jnp.nan, loss)
+
+  def evaluate(self, params, x, y) -> dict[str, jax.Array]:
+    logits = self.metric_logits(params, x)
+    raw = self.logits(params, x)
+    per_example_grad = jax.vmap(jax.grad(
+        lambda z, label: self.loss_fn(z[None], label[None])[0]))(raw, y)
+    grad_norm = jnp.sqrt(jnp.sum(jnp.square(per_example_grad.reshape(len(y), -1)), axis=-1))
+    wrong = jnp.argmax(logits, axis=-1) != y
+    return {
+        "accuracy": metrics.accuracy(logits, y),
+        "balanced_accuracy": metrics.balanced_accuracy(logits, y, self.num_classes),
+        "nll": metrics.nll(logits, y),
+        "ece": metrics.expected_calibration_error(logits, y),
+        "brier": metrics.brier(logits, y),
+        "misclassified_grad_norm": reduction.masked_mean(grad_norm, wrong),
+    }
+
+  def chunk(self, run_state, learning_rate, data_key, first_step, arrays, evals: int):
+    """`evals` x `eval_interval` steps of one run, evaluating after each interval."""
+    interval = self.config.eval_interval
+
+    def one_interval(state, interval_index):
+      start = first_step + interval_index * interval
+      steps = start + jnp.arange(interval)
+      indices = self.batch_indices(data_key, steps)
+
+      def one_step(state, step_and_indices):
+        step, batch = step_and_indices
+        return self.train_step(state, learning_rate, step, arrays["x_train"][batch],
+                               arrays["y_train"][batch])
+
+      state, batch_losses = jax.lax.scan(one_step, state, (steps, indices))
+      record = {"train_loss": jnp.mean(batch_losses)}
+      for split in ("val", "test"):
+        for name, value in self.evaluate(state["params"], arrays[f"x_{split}"],
+                                         arrays[f"y_{split}"]).items():
+          record[f"{split}_{name}"] = value
+      return state, record
+
+    return jax.lax.scan(one_interval, run_state, jnp.arange(evals))
+
+
+def _chunk_layout(total_evals: int, evals_per_chunk_max: int) -> int:
+  """The largest divisor of `total_evals` <= the cap: equal chunks, one compile."""
+  for evals in range(min(total_evals, max(1, evals_per_chunk_max)), 0, -1):
+    if total_evals % evals == 0:
+      return evals
+  return 1
+
+
+class _Progress:
+  """Per-chunk progress on stderr (rich when available and a terminal)."""
+
+  def __init__(self, enabled: bool, total: int, label: str):
+    self.enabled, self.total, self.label = enabled, total, label
+    self.start = time.perf_counter()
+
+  def update(self, done: int, accuracy: float):
+    if not self.enabled:
+      return
+    elapsed = time.perf_counter() - self.start
+    print(f"\r{self.label}: step {done}/{self.total}  mean test acc {accuracy:.3f}  "
+          f"{elapsed:.1f}s", end="" if done < self.total else "\n", file=sys.stderr, flush=True)
+
+
+def _place(tree, mesh: Mesh | None, num_runs: int):
+  """Shards the leading (runs) axis over the mesh when it divides evenly."""
+  if mesh is None:
+    return tree
+  if num_runs % mesh.size:
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("runs")))
+
+
+def train(config: TrainConfig, *, dataset: data_lib.Dataset | None = None,
+          progress: bool = False, keep_final_logits: bool = False,
+          devices: list | None = None) -> History:
+  """Trains every (seed, learning rate) run of `config`; returns the History.
+
+  Does no file I/O. `dataset` overrides loading `config.dataset`; `devices`
+  (default: all) carry the runs axis when it divides evenly, and are
+  replicated over otherwise.
+  """
+  if dataset is None:
+    dataset = data_lib.load(config.dataset, seed=config.data_seed, imbalance=config.imbalance,
+                            noise=config.noise, **config.dataset_options)
+  program = _Program(config, dataset)
+  seeds = np.repeat(np.asarray(config.seeds), len(config.learning_rates))
+  rates = np.tile(np.asarray(config.learning_rates, np.float32), len(config.seeds))
+  num_runs = len(seeds)
+  devices = jax.devices() if devices is None else devices
+  mesh = Mesh(np.asarray(devices), ("runs",)) if len(devices) > 1 else None
+
+  arrays = {name: jnp.asarray(getattr(dataset, name)) for name in
+            ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
+  if mesh is not None:
+    arrays = jax.device_put(arrays, NamedSharding(mesh, PartitionSpec()))
+  seed_keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
+  state = jax.jit(jax.vmap(program.init))(seed_keys)
+  data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys)
+  state, rates_device, data_keys = _place((state, jnp.asarray(rates), data_keys), mesh, num_runs)
+
+  total_evals = config.steps // config.eval_interval
+  evals_per_chunk = _chunk_layout(total_evals, config.max_chunk_steps // config.eval_interval)
+  chunk_steps = evals_per_chunk * config.eval_interval
+
+  def run_chunk(state, rates, data_keys, first_step, arrays):
+    return jax.vmap(program.chunk, in_axes=(0, 0, 0, None, None, None))(
+        state, rates, data_keys, first_step, arrays, evals_per_chunk)
+
+  started = time.perf_counter()
+  compiled = jax.jit(run_chunk).lower(state, rates_device, data_keys, jnp.int32(0),
+                                      arrays).compile()
+  compile_seconds = time.perf_counter() - started
+
+  records = []
+  bar = _Progress(progress, config.steps, f"{config.loss} on {dataset.name}")
+  started = time.perf_counter()
+  for first_step in range(0, config.steps, chunk_steps):
+    state, record = compiled(state, rates_device, data_keys, jnp.int32(first_step), arrays)
+    record = jax.device_get(record)
+    records.append(record)
+    bar.update(first_step + chunk_steps, float(np.nanmean(record["test_accuracy"][:, -1])))
+  train_seconds = time.perf_counter() - started
+
+  series = {name: np.concatenate([r[name] for r in records], axis=1) for name in records[0]}
+  eval_steps = np.arange(1, total_evals + 1) * config.eval_interval
+  state = jax.device_get(state)
+  diverged = np.asarray(state["diverged"])
+  steps_to_target = {}
+  for target in config.targets:
+    reached = series["test_accuracy"] >= target
+    first = np.where(reached.any(axis=1), eval_steps[reached.argmax(axis=1)], -1)
+    steps_to_target[target] = first
+  final_logits = {}
+  if keep_final_logits:
+    apply = jax.jit(jax.vmap(program.metric_logits, in_axes=(0, None)))
+    for split in ("val", "test"):
+      final_logits[split] = np.asarray(apply(state["params"], arrays[f"x_{split}"]))
+  return History(config.to_dict(), seeds, rates, eval_steps, series, diverged,
+                 np.asarray(state["diverged_at"]), steps_to_target, compile_seconds,
+                 train_seconds, final_logits)
+
+
+def save_json(history: History, path: str) -> None:
+  """Writes the history as JSON atomically (a temporary file, then rename)."""
+  import os
+  import tempfile
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
+    json.dump(history.to_json(), f, indent=1, default=_json_default)
+    temporary = f.name
+  os.replace(temporary, path)
+
+
+def _json_default(value: Any):
+  if isinstance(value, (np.integer,)):
+    return int(value)
+  if isinstance(value, (np.floating,)):
+    return float(value)
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,151 @@
+"""The engine: determinism, divergence, compile count, devices, CLI."""
+
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from lossjax import cli, data, models, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMALL = dict(dataset="digits", model=models.ModelConfig(width=32), batch_size=32, steps=100,
+             eval_interval=25, seeds=(0, 1), learning_rates=(0.05, 0.2), max_chunk_steps=50)
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load("digits")
+
+
+@pytest.fixture(scope="module")
+def small_history(digits):
+  return train.train(train.TrainConfig(**SMALL), dataset=digits)
+
+
+def test_history_has_every_metric_for_every_run_and_evaluation(small_history):
+  history = small_history
+  assert history.num_runs == 4
+  np.testing.assert_array_equal(history.eval_steps, [25, 50, 75, 100])
+  for split in ("val", "test"):
+    for name in train.EVAL_METRICS:
+      assert history.metrics[f"{split}_{name}"].shape == (4, 4)
+  assert history.metrics["train_loss"].shape == (4, 4)
+  assert np.all(history.metrics["test_accuracy"][:, -1] > 0.8)
+  assert not history.diverged.any()
+
+
+def test_steps_to_target_is_the_first_evaluation_reaching_it(small_history):
+  accuracy = small_history.metrics["test_accuracy"]
+  for target, steps in small_history.steps_to_target.items():
+    for run in range(small_history.num_runs):
+      reached = np.flatnonzero(accuracy[run] >= target)
+      expected = small_history.eval_steps[reached[0]] if len(reached) else -1
+      assert steps[run] == expected
+
+
+def test_same_config_gives_the_same_numbers(small_history, digits):
+  again = train.train(train.TrainConfig(**SMALL), dataset=digits)
+  for name, values in small_history.metrics.items():
+    np.testing.assert_array_equal(values, again.metrics[name], err_msg=name)
+
+
+def test_a_diverging_run_is_marked_and_the_others_go_on(digits):
+  # Squared error on logits overflows to inf within a few steps at this rate.
+  config = train.TrainConfig(**{**SMALL, "loss": "mse", "learning_rates": (0.05, 1e4), "seeds": (0,)})
+  history = train.train(config, dataset=digits)
+  sane, wild = history.runs_at(0.05)[0], history.runs_at(1e4)[0]
+  assert history.diverged[wild] and not history.diverged[sane]
+  assert 0 < history.diverged_at[wild] <= 100
+  assert history.metrics["test_accuracy"][sane, -1] > 0.8
+  assert history.best_learning_rate() == pytest.approx(0.05)
+
+
+def test_one_compilation_for_the_whole_grid(digits, caplog):
+  config = train.TrainConfig(**{**SMALL, "seeds": (0, 1, 2), "learning_rates": (0.01, 0.1, 0.3),
+                                "steps": 200, "loss": "focal"})
+  with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+    history = train.train(config, dataset=digits)
+  compiles = [r for r in caplog.records if "run_chunk" in r.getMessage()
+              and "Finished" not in r.getMessage()]
+  assert len(compiles) == 1, [r.getMessage()[:120] for r in compiles]
+  assert history.num_runs == 9 and len(history.eval_steps) == 8
+
+
+@pytest.mark.parametrize("loss, dataset", [("binary_cross_entropy", "breast_cancer"),
+                                           ("binary_mse", "breast_cancer"),
+                                           ("mse", "digits"), ("hinge", "digits")])
+def test_losses_of_both_kinds_train(loss, dataset):
+  config = train.TrainConfig(**{**SMALL, "dataset": dataset, "loss": loss, "seeds": (0,)})
+  history = train.train(config)
+  assert np.nanmax(history.metrics["test_accuracy"][:, -1]) > 0.8
+
+
+def test_class_balanced_weighting_and_cnn(digits):
+  config = train.TrainConfig(**{**SMALL, "model": models.ModelConfig("cnn", width=16),
+                                "class_balance_beta": 0.99, "imbalance": 10.0, "seeds": (0,)})
+  history = train.train(config)
+  assert np.all(np.isfinite(history.metrics["test_balanced_accuracy"]))
+
+
+def test_bad_config_is_named():
+  with pytest.raises(ValueError, match="unknown loss"):
+    train.TrainConfig(loss="nope")
+  with pytest.raises(ValueError, match="must be a multiple of `eval_interval`"):
+    train.TrainConfig(steps=110, eval_interval=25)
+  with pytest.raises(ValueError, match="unknown optimizer"):
+    train.TrainConfig(optimizer="sgdd")
+  with pytest.raises(ValueError, match="binary"):
+    train.train(train.TrainConfig(**{**SMALL, "loss": "binary_cross_entropy"}))
+
+
+_SHARDED_SCRIPT = """
+import json, sys, jax
+from lossjax import models, train
+config = train.TrainConfig(**json.loads(sys.argv[1]) | {"model": models.ModelConfig(width=32)})
+history = train.train(config)
+print(json.dumps({"devices": jax.device_count(), "acc": history.metrics["test_accuracy"].tolist(),
+                  "loss": history.metrics["train_loss"].tolist()}))
+"""
+
+
+def test_eight_simulated_devices_give_the_one_device_result(small_history):
+  options = {k: v for k, v in SMALL.items() if k != "model"}
+  options = {**options, "seeds": [0, 1, 2, 3], "learning_rates": [0.05, 0.2]}
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, json.dumps(options)],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  sharded = json.loads(out.stdout.strip().splitlines()[-1])
+  assert sharded["devices"] == 8
+  single = train.train(train.TrainConfig(**{**SMALL, "seeds": (0, 1, 2, 3)}))
+  np.testing.assert_allclose(sharded["acc"], single.metrics["test_accuracy"], atol=1e-6)
+  np.testing.assert_allclose(sharded["loss"], single.metrics["train_loss"], rtol=1e-4)
+
+
+def test_cli_trains_and_writes_plain_json(tmp_path, capsys):
+  path = tmp_path / "out.json"
+  code = cli.main(["train", "--dataset", "digits", "--width", "32", "--seeds", "2",
+                   "--lrs", "0.05,0.2", "--steps", "100", "--eval-interval", "50",
+                   "--batch-size", "32", "--json", str(path), "--quiet"])
+  assert code == 0
+  written = json.loads(path.read_text())
+  assert len(written["runs"]) == 4
+  run = written["runs"][0]
+  assert {"seed", "learning_rate", "diverged", "steps_to_target", "test_accuracy",
+          "val_accuracy", "test_ece", "test_nll", "train_loss"} <= set(run)
+  assert len(run["test_accuracy"]) == 2
+  assert "final test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, message", [(["--dataset", "nope"], "unknown dataset 'nope'"),
+                                           (["--loss", "nope"], "unknown loss 'nope'")])
+def test_cli_names_the_valid_choices(flag, message):
+  with pytest.raises(SystemExit, match=message):
+    cli.main(["train", *flag])
