@@ -296,6 +296,92 @@ def _place(tree, mesh: Mesh | None, num_runs: int):
   return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("runs")))
 
 
+class Trainer:
+  """A compiled training job: ``run()`` trains every run from scratch.
+
+  Construction loads the data, builds the program and compiles it (timed in
+  ``compile_seconds``); ``run()`` does only the training, so a benchmark can
+  time it alone.
+  """
+
+  def __init__(self, config: TrainConfig, *, dataset: data_lib.Dataset | None = None,
+               devices: list | None = None):
+    if dataset is None:
+      dataset = data_lib.load(config.dataset, seed=config.data_seed,
+                              imbalance=config.imbalance, noise=config.noise,
+                              **config.dataset_options)
+    self.config, self.dataset = config, dataset
+    self.program = program = _Program(config, dataset)
+    self.seeds = np.repeat(np.asarray(config.seeds), len(config.learning_rates))
+    self.learning_rates = np.tile(np.asarray(config.learning_rates, np.float32),
+                                  len(config.seeds))
+    num_runs = len(self.seeds)
+    devices = jax.devices() if devices is None else devices
+    mesh = Mesh(np.asarray(devices), ("runs",)) if len(devices) > 1 else None
+
+    arrays = {name: jnp.asarray(getattr(dataset, name)) for name in
+              ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
+    if mesh is not None:
+      arrays = jax.device_put(arrays, NamedSharding(mesh, PartitionSpec()))
+    self.arrays = arrays
+    seed_keys = jax.vmap(jax.random.key)(jnp.asarray(self.seeds))
+    data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys)
+    self._init = jax.jit(jax.vmap(program.init))
+    self._seed_keys = seed_keys
+    self._rates, self._data_keys = _place((jnp.asarray(self.learning_rates), data_keys),
+                                          mesh, num_runs)
+    self._mesh, self._num_runs = mesh, num_runs
+
+    total_evals = config.steps // config.eval_interval
+    evals_per_chunk = _chunk_layout(total_evals, config.max_chunk_steps // config.eval_interval)
+    self.chunk_steps = evals_per_chunk * config.eval_interval
+    self.eval_steps = np.arange(1, total_evals + 1) * config.eval_interval
+
+    def run_chunk(state, rates, data_keys, first_step, arrays):
+      return jax.vmap(program.chunk, in_axes=(0, 0, 0, None, None, None))(
+          state, rates, data_keys, first_step, arrays, evals_per_chunk)
+
+    started = time.perf_counter()
+    state = self._initial_state()
+    self._compiled = jax.jit(run_chunk).lower(state, self._rates, self._data_keys,
+                                              jnp.int32(0), arrays).compile()
+    self.compile_seconds = time.perf_counter() - started
+
+  def _initial_state(self):
+    return _place(self._init(self._seed_keys), self._mesh, self._num_runs)
+
+  def run(self, *, progress: bool = False, keep_final_logits: bool = False) -> History:
+    config, program, arrays = self.config, self.program, self.arrays
+    state = jax.block_until_ready(self._initial_state())
+    records = []
+    bar = _Progress(progress, config.steps, f"{config.loss} on {self.dataset.name}")
+    started = time.perf_counter()
+    for first_step in range(0, config.steps, self.chunk_steps):
+      state, record = self._compiled(state, self._rates, self._data_keys,
+                                     jnp.int32(first_step), arrays)
+      record = jax.device_get(record)
+      records.append(record)
+      bar.update(first_step + self.chunk_steps,
+                 float(np.nanmean(record["test_accuracy"][:, -1])))
+    train_seconds = time.perf_counter() - started
+
+    series = {name: np.concatenate([r[name] for r in records], axis=1) for name in records[0]}
+    state = jax.device_get(state)
+    steps_to_target = {}
+    for target in config.targets:
+      reached = series["test_accuracy"] >= target
+      steps_to_target[target] = np.where(reached.any(axis=1),
+                                         self.eval_steps[reached.argmax(axis=1)], -1)
+    final_logits = {}
+    if keep_final_logits:
+      apply = jax.jit(jax.vmap(program.metric_logits, in_axes=(0, None)))
+      for split in ("val", "test"):
+        final_logits[split] = np.asarray(apply(state["params"], arrays[f"x_{split}"]))
+    return History(config.to_dict(), self.seeds, self.learning_rates, self.eval_steps, series,
+                   np.asarray(state["diverged"]), np.asarray(state["diverged_at"]),
+                   steps_to_target, self.compile_seconds, train_seconds, final_logits)
+
+
 def train(config: TrainConfig, *, dataset: data_lib.Dataset | None = None,
           progress: bool = False, keep_final_logits: bool = False,
           devices: list | None = None) -> History:
@@ -303,67 +389,11 @@ def train(config: TrainConfig, *, dataset: data_lib.Dataset | None = None,
 
   Does no file I/O. `dataset` overrides loading `config.dataset`; `devices`
   (default: all) carry the runs axis when it divides evenly, and are
-  replicated over otherwise.
+  replicated over otherwise. `keep_final_logits` adds the final validation
+  and test logits of every run to the History.
   """
-  if dataset is None:
-    dataset = data_lib.load(config.dataset, seed=config.data_seed, imbalance=config.imbalance,
-                            noise=config.noise, **config.dataset_options)
-  program = _Program(config, dataset)
-  seeds = np.repeat(np.asarray(config.seeds), len(config.learning_rates))
-  rates = np.tile(np.asarray(config.learning_rates, np.float32), len(config.seeds))
-  num_runs = len(seeds)
-  devices = jax.devices() if devices is None else devices
-  mesh = Mesh(np.asarray(devices), ("runs",)) if len(devices) > 1 else None
-
-  arrays = {name: jnp.asarray(getattr(dataset, name)) for name in
-            ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
-  if mesh is not None:
-    arrays = jax.device_put(arrays, NamedSharding(mesh, PartitionSpec()))
-  seed_keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
-  state = jax.jit(jax.vmap(program.init))(seed_keys)
-  data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys)
-  state, rates_device, data_keys = _place((state, jnp.asarray(rates), data_keys), mesh, num_runs)
-
-  total_evals = config.steps // config.eval_interval
-  evals_per_chunk = _chunk_layout(total_evals, config.max_chunk_steps // config.eval_interval)
-  chunk_steps = evals_per_chunk * config.eval_interval
-
-  def run_chunk(state, rates, data_keys, first_step, arrays):
-    return jax.vmap(program.chunk, in_axes=(0, 0, 0, None, None, None))(
-        state, rates, data_keys, first_step, arrays, evals_per_chunk)
-
-  started = time.perf_counter()
-  compiled = jax.jit(run_chunk).lower(state, rates_device, data_keys, jnp.int32(0),
-                                      arrays).compile()
-  compile_seconds = time.perf_counter() - started
-
-  records = []
-  bar = _Progress(progress, config.steps, f"{config.loss} on {dataset.name}")
-  started = time.perf_counter()
-  for first_step in range(0, config.steps, chunk_steps):
-    state, record = compiled(state, rates_device, data_keys, jnp.int32(first_step), arrays)
-    record = jax.device_get(record)
-    records.append(record)
-    bar.update(first_step + chunk_steps, float(np.nanmean(record["test_accuracy"][:, -1])))
-  train_seconds = time.perf_counter() - started
-
-  series = {name: np.concatenate([r[name] for r in records], axis=1) for name in records[0]}
-  eval_steps = np.arange(1, total_evals + 1) * config.eval_interval
-  state = jax.device_get(state)
-  diverged = np.asarray(state["diverged"])
-  steps_to_target = {}
-  for target in config.targets:
-    reached = series["test_accuracy"] >= target
-    first = np.where(reached.any(axis=1), eval_steps[reached.argmax(axis=1)], -1)
-    steps_to_target[target] = first
-  final_logits = {}
-  if keep_final_logits:
-    apply = jax.jit(jax.vmap(program.metric_logits, in_axes=(0, None)))
-    for split in ("val", "test"):
-      final_logits[split] = np.asarray(apply(state["params"], arrays[f"x_{split}"]))
-  return History(config.to_dict(), seeds, rates, eval_steps, series, diverged,
-                 np.asarray(state["diverged_at"]), steps_to_target, compile_seconds,
-                 train_seconds, final_logits)
+  trainer = Trainer(config, dataset=dataset, devices=devices)
+  return trainer.run(progress=progress, keep_final_logits=keep_final_logits)
 
 
 def save_json(history: History, path: str) -> None:

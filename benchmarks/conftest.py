@@ -1,0 +1,82 @@
+"""Shared benchmark helpers: sizes by mode, machine facts, JAX-correct timing."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import full_benchmarks
+
+LOSS_SHAPES_FULL = [(128, 10), (4096, 10), (4096, 1000), (256, 32000), (65536, 1000)]
+LOSS_SHAPES_SMOKE = [(128, 10)]
+
+
+def loss_shapes(config):
+  return LOSS_SHAPES_FULL if full_benchmarks(config) else LOSS_SHAPES_SMOKE
+
+
+@pytest.fixture(scope="session")
+def full(request) -> bool:
+  return full_benchmarks(request.config)
+
+
+def device_facts() -> dict:
+  device = jax.devices()[0]
+  return {"backend": jax.default_backend(), "device_kind": device.device_kind,
+          "device_count": jax.device_count(), "jax_version": jax.__version__}
+
+
+def available_bytes() -> int:
+  """Memory a benchmark may use on the default device (RAM on CPU)."""
+  stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+  if stats and "bytes_limit" in stats:
+    return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+  return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def skip_if_too_big(needed_bytes: int) -> None:
+  free = available_bytes()
+  if needed_bytes > 0.5 * free:
+    pytest.skip(f"needs ~{needed_bytes / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on "
+                f"{jax.devices()[0].device_kind}")
+
+
+def pedantic(benchmark, compiled, args, *, full: bool, rounds: int = 5):
+  """Times `compiled(*args)` to completion: inputs already on the device,
+  compilation done by the caller, every round ends with block_until_ready."""
+  run = lambda: jax.block_until_ready(compiled(*args))
+  run()  # warm-up, untimed
+  if not full:
+    return benchmark(run)
+  return benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
+
+
+def median_seconds(benchmark) -> float:
+  stats = getattr(benchmark, "stats", None)
+  if stats is None:  # benchmarks disabled (smoke mode)
+    return float("nan")
+  return float(stats.stats.median)
+
+
+_SESSION_CACHE: dict = {}
+
+
+@pytest.fixture(scope="session")
+def session_cache() -> dict:
+  """Measurements later benchmarks of the same run refer to (optax times,
+  stream bandwidth, matmul rate)."""
+  return _SESSION_CACHE
+
+
+def random_inputs(shape, dtype, *, kind="multiclass", seed=0):
+  rng = np.random.default_rng(seed)
+  batch, classes = shape
+  if kind == "binary":
+    logits = rng.normal(scale=2.0, size=(batch * classes,))
+    labels = rng.integers(0, 2, size=(batch * classes,))
+  else:
+    logits = rng.normal(scale=2.0, size=shape)
+    labels = rng.integers(0, classes, size=(batch,))
+  return (jax.device_put(np.asarray(logits, np.float32).astype(dtype)),
+          jax.device_put(np.asarray(labels, np.int32)))

@@ -1,0 +1,175 @@
+"""Turns a pytest-benchmark JSON into ``results/BENCHMARKS.md``.
+
+Usage: ``python -m benchmarks.report [RUN.json]`` (default: the newest file in
+``results/benchmarks/``). Every number comes from the JSON; nothing is typed in.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from collections import defaultdict
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RUNS = ROOT / "results" / "benchmarks"
+
+
+def _ms(seconds) -> str:
+  return "—" if seconds is None else f"{seconds * 1e3:.3g}"
+
+
+def _num(value, fmt="{:.3g}") -> str:
+  return "—" if value is None else fmt.format(value)
+
+
+def _by_test(benchmarks, prefix):
+  return [b for b in benchmarks if b["name"].startswith(prefix)]
+
+
+def _machine(run) -> list[str]:
+  info, commit = run.get("machine_info", {}), run.get("commit_info", {})
+  cpu = info.get("cpu", {})
+  facts = next((b["extra_info"] for b in run["benchmarks"] if "backend" in b["extra_info"]), {})
+  return [
+      f"- Run: {run.get('datetime', '?')} (UTC), commit `{str(commit.get('id', '?'))[:10]}`"
+      f"{' (dirty tree)' if commit.get('dirty') else ''}",
+      f"- Machine: {cpu.get('brand_raw', info.get('processor', '?'))}, "
+      f"{cpu.get('count', '?')} logical CPUs, {info.get('system', '?')} {info.get('release', '')}",
+      f"- Python {info.get('python_version', '?')}, JAX {facts.get('jax_version', '?')}, "
+      f"backend `{facts.get('backend', '?')}` ({facts.get('device_kind', '?')}, "
+      f"{facts.get('device_count', '?')} device(s))",
+      "- Times are medians over fixed rounds (`benchmark.pedantic`), compilation excluded, "
+      "every round ends with `block_until_ready`.",
+  ]
+
+
+def _loss_tables(benchmarks, stream) -> list[str]:
+  rows = defaultdict(dict)  # (mode, dtype) -> loss -> shape -> impl -> info
+  shapes = set()
+  for b in _by_test(benchmarks, "test_loss_throughput"):
+    e = b["extra_info"]
+    shape = (e["batch"], e["classes"])
+    shapes.add(shape)
+    rows[(e["mode"], e["dtype"])].setdefault(e["loss"], {}).setdefault(shape, {})[e["impl"]] = (
+        b["stats"]["median"], e)
+  shapes = sorted(shapes, key=lambda s: s[0] * s[1])
+  lines = []
+  for (mode, dtype), by_loss in sorted(rows.items()):
+    lines += [f"### Loss {mode}, {dtype}", "",
+              "Median ms per call, lossjax / optax (speedup = optax time ÷ lossjax time; "
+              "> 1 means lossjax is faster). GB/s = bytes touched ÷ time"
+              + (f"; % = share of the measured {stream:.1f} GB/s streaming read." if stream else "."),
+              "",
+              "| loss | " + " | ".join(f"{b}x{c}" for b, c in shapes) + " |",
+              "|---|" + "---|" * len(shapes)]
+    for loss, by_shape in by_loss.items():
+      cells = []
+      for shape in shapes:
+        impls = by_shape.get(shape, {})
+        if "lossjax" not in impls:
+          cells.append("skipped")
+          continue
+        ours, info = impls["lossjax"]
+        cell = f"{_ms(ours)}"
+        if "optax" in impls:
+          theirs, _ = impls["optax"]
+          cell += f" / {_ms(theirs)} ({theirs / ours:.2f}x)"
+        gbs = info.get("gb_per_s")
+        if gbs and shape[0] * shape[1] >= 4_000_000:
+          cell += f"; {gbs:.1f} GB/s" + (f" ({100 * gbs / stream:.0f}%)" if stream else "")
+        cells.append(cell)
+      lines.append(f"| `{loss}` | " + " | ".join(cells) + " |")
+    lines.append("")
+  return lines
+
+
+def _training_table(benchmarks, matmul) -> list[str]:
+  lines = ["### Training throughput (run-steps per second)", "",
+           "Engine: all runs vmapped, steps scanned, evaluation inside the program. Python loop: "
+           "one run, a jitted step per Python iteration." +
+           (f" Matmul ceiling measured in this run: {matmul:.0f} GFLOP/s." if matmul else ""), "",
+           "| case | impl | runs | steps | run-steps/s | vs Python loop | GFLOP/s | of matmul rate | compile s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  loop = {}
+  entries = []
+  for b in _by_test(benchmarks, "test_engine_throughput") + _by_test(benchmarks, "test_python_loop"):
+    e = b["extra_info"]
+    entries.append(e)
+    if e["impl"] == "python_loop":
+      loop[e["case"]] = e["run_steps_per_s"]
+  for e in sorted(entries, key=lambda e: (e["case"], e["impl"], e["runs"])):
+    speedup = e["run_steps_per_s"] / loop[e["case"]] if e["impl"] == "engine" and e["case"] in loop else None
+    lines.append(
+        f"| {e['case']} | {e['impl']} | {e['runs']} | {e['steps']} | {e['run_steps_per_s']:.0f} | "
+        f"{_num(speedup, '{:.1f}x')} | {_num(e.get('gflop_per_s'), '{:.1f}')} | "
+        f"{_num(e.get('fraction_of_matmul_rate'), '{:.0%}')} | {_num(e.get('compile_seconds'), '{:.1f}')} |")
+  return lines + [""]
+
+
+def _steps_table(benchmarks) -> list[str]:
+  entries = [b for b in _by_test(benchmarks, "test_steps_to_accuracy")]
+  if not entries:
+    return []
+  first = entries[0]["extra_info"]
+  lines = ["### Steps to test accuracy on mnist5k (MLP 784-256-10, SGD momentum 0.9, batch 128)", "",
+           f"Learning rate per loss chosen on validation from {first['grid']}; {first['seeds']} seeds; "
+           f"budget {first['steps_budget']} steps, evaluated every {first['eval_interval']} steps "
+           "(so steps are multiples of that). Wall time = the job's time per step × the median steps.", "",
+           "| loss | lr | median steps to 0.85 | to 0.90 | to 0.92 | seeds never reaching 0.90 | "
+           "median s to 0.90 | final test acc | job s | compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for b in entries:
+    e = b["extra_info"]
+    lines.append(
+        f"| `{e['loss']}` | {e['chosen_learning_rate']:g} | {_num(e['median_steps_to_0.85'], '{:.0f}')} | "
+        f"{_num(e['median_steps_to_0.9'], '{:.0f}')} | {_num(e['median_steps_to_0.92'], '{:.0f}')} | "
+        f"{e['never_reached_0.9']}/{e['seeds']} | {_num(e['median_seconds_to_0.9'], '{:.2f}')} | "
+        f"{e['final_test_accuracy_mean']:.3f} | {b['stats']['median']:.1f} | {e['compile_seconds']:.1f} |")
+  return lines + [""]
+
+
+def render(run: dict, source: pathlib.Path) -> str:
+  benchmarks = run["benchmarks"]
+  stream = next((b["extra_info"]["gb_per_s"] for b in benchmarks
+                 if b["extra_info"].get("measure") == "stream_read"), None)
+  matmul = next((b["extra_info"]["gflop_per_s"] for b in benchmarks
+                 if b["extra_info"].get("measure") == "matmul"), None)
+  lines = ["# lossjax benchmarks", "",
+           f"Generated by `python -m benchmarks.report` from `{source.relative_to(ROOT) if source.is_relative_to(ROOT) else source}`, "
+           "written by `pytest --benchmark-only`. Do not edit by hand.", "", *_machine(run), ""]
+  if stream or matmul:
+    lines += ["### Machine limits measured in this run", "",
+              f"- streaming read (sum of a 256 MiB float32 array): {_num(stream, '{:.1f}')} GB/s",
+              f"- float32 matmul 2048x2048: {_num(matmul, '{:.0f}')} GFLOP/s", ""]
+  lines += _loss_tables(benchmarks, stream)
+  lines += _training_table(benchmarks, matmul)
+  lines += _steps_table(benchmarks)
+  return "\n".join(lines) + "\n"
+
+
+def write_report(source: pathlib.Path, destination: pathlib.Path) -> pathlib.Path:
+  run = json.loads(source.read_text())
+  text = render(run, source)
+  temporary = destination.with_suffix(".md.tmp")
+  temporary.write_text(text)
+  temporary.replace(destination)
+  return destination
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if argv:
+    source = pathlib.Path(argv[0])
+  else:
+    candidates = sorted(RUNS.glob("*.json"))
+    if not candidates:
+      print(f"no benchmark JSON in {RUNS}; run `pytest --benchmark-only` first", file=sys.stderr)
+      return 1
+    source = candidates[-1]
+  print(write_report(source, ROOT / "results" / "BENCHMARKS.md"))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,96 @@
+"""Loss throughput: every registered loss, forward and value_and_grad, beside optax.
+
+One group per (loss, mode, shape, dtype); where optax has the same loss it is
+timed in the same run at the same shape and the ratio (optax time / lossjax
+time, > 1 means lossjax is faster) goes into ``extra_info``.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from benchmarks.conftest import (device_facts, loss_shapes, median_seconds, pedantic,
+                                 random_inputs, skip_if_too_big)
+from lossjax import losses
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MODES = ("forward", "value_and_grad")
+
+
+def _optax_fn(spec):
+  if spec.optax_equivalent is None:
+    return None
+  fn = getattr(optax.losses, spec.optax_equivalent)
+  if spec.optax_equivalent == "poly_loss_cross_entropy":
+    # optax's poly loss takes probability labels; one-hot them inside the program.
+    return lambda z, y, **kw: fn(z, jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype), **kw)
+  if spec.kind == "binary":
+    return lambda z, y, **kw: fn(z, y.astype(z.dtype), **kw)
+  return fn
+
+
+def pytest_generate_tests(metafunc):
+  if "loss_case" not in metafunc.fixturenames:
+    return
+  cases, ids = [], []
+  for name in losses.names():
+    spec = losses.spec(name)
+    impls = (["optax"] if spec.optax_equivalent else []) + ["lossjax"]
+    for shape in loss_shapes(metafunc.config):
+      for dtype in DTYPES:
+        for mode in MODES:
+          for impl in impls:  # optax first, so lossjax's ratio can refer to it
+            cases.append((name, shape, dtype, mode, impl))
+            ids.append(f"{name}-{mode}-{shape[0]}x{shape[1]}-{dtype}-{impl}")
+  metafunc.parametrize("loss_case", cases, ids=ids)
+
+
+def _program(fn, mode):
+  mean_loss = lambda z, y: jnp.mean(fn(z, y).astype(jnp.float32))
+  return jax.jit(mean_loss if mode == "forward" else jax.value_and_grad(mean_loss))
+
+
+def _bytes_touched(logits, labels, mode) -> int:
+  read = logits.nbytes + labels.nbytes
+  # value_and_grad reads the logits again for the backward pass and writes the gradient.
+  return read if mode == "forward" else read + 2 * logits.nbytes
+
+
+def test_loss_throughput(benchmark, loss_case, full, session_cache):
+  name, shape, dtype, mode, impl = loss_case
+  spec = losses.spec(name)
+  skip_if_too_big(4 * int(np.prod(shape)) * 4)
+  fn = spec.bind() if impl == "lossjax" else (
+      lambda z, y, _f=_optax_fn(spec): _f(z, y, **spec.hyperparameters))
+  logits, labels = random_inputs(shape, DTYPES[dtype], kind=spec.kind)
+  compiled = _program(fn, mode).lower(logits, labels).compile()
+  benchmark.group = f"{name} {mode} {shape[0]}x{shape[1]} {dtype}"
+  pedantic(benchmark, compiled, (logits, labels), full=full,
+           rounds=5 if np.prod(shape) >= 4e6 else 20)
+  seconds = median_seconds(benchmark)
+  touched = _bytes_touched(logits, labels, mode)
+  key = (name, shape, dtype, mode)
+  info = {"loss": name, "impl": impl, "mode": mode, "batch": shape[0], "classes": shape[1],
+          "dtype": dtype, "bytes_touched": touched, "gb_per_s": touched / seconds / 1e9,
+          "optax_equivalent": spec.optax_equivalent, **device_facts()}
+  if impl == "optax":
+    session_cache[key] = seconds
+  elif key in session_cache:
+    info["ratio_to_optax"] = session_cache[key] / seconds
+  benchmark.extra_info.update(info)
+
+
+def test_stream_read_bandwidth(benchmark, full, session_cache):
+  """The machine's streaming-read rate: a sum over a 256 MiB float32 array."""
+  size = 64 * 2**20 if full else 2**20
+  skip_if_too_big(4 * size * 2)
+  data = jax.device_put(np.ones(size, np.float32))
+  compiled = jax.jit(jnp.sum).lower(data).compile()
+  benchmark.group = "machine"
+  pedantic(benchmark, compiled, (data,), full=full, rounds=10)
+  rate = data.nbytes / median_seconds(benchmark) / 1e9
+  session_cache["stream_gb_per_s"] = rate
+  benchmark.extra_info.update({"measure": "stream_read", "bytes": data.nbytes,
+                               "gb_per_s": rate, **device_facts()})

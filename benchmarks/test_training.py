@@ -1,0 +1,145 @@
+"""Training throughput of the engine vs a per-step Python loop, and
+steps-to-accuracy of every multiclass loss on mnist5k."""
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks.conftest import device_facts, median_seconds, pedantic
+from conftest import full_benchmarks
+from lossjax import data, losses, models, train
+
+
+@functools.lru_cache(maxsize=None)
+def _dataset(name):
+  return data.load(name)
+
+
+def test_matmul_rate(benchmark, full, session_cache):
+  """The machine's large float32 matmul rate, the ceiling for compute-bound training."""
+  size = 2048 if full else 256
+  a = jax.device_put(np.ones((size, size), np.float32))
+  compiled = jax.jit(jnp.matmul).lower(a, a).compile()
+  benchmark.group = "machine"
+  pedantic(benchmark, compiled, (a, a), full=full, rounds=10)
+  rate = 2 * size**3 / median_seconds(benchmark) / 1e9
+  session_cache["matmul_gflops"] = rate
+  benchmark.extra_info.update({"measure": "matmul", "size": size, "gflop_per_s": rate,
+                               **device_facts()})
+
+
+THROUGHPUT_CASES = {
+    # name: (dataset, model, batch, optimizer options, full steps)
+    "mnist5k-mlp": ("mnist5k", models.ModelConfig("mlp", width=256), 128, 200),
+    "mnist5k-cnn": ("mnist5k", models.ModelConfig("cnn", width=120), 128, 100),
+    "digits-mlp-64-32-tanh": ("digits", models.ModelConfig("mlp", depth=2, width=64,
+                                                           activation="tanh"), 32, 500),
+}
+
+
+def _config(case, runs, steps, eval_interval):
+  dataset, model, batch, _ = THROUGHPUT_CASES[case]
+  if model.depth == 2:  # the 64-32 net of the issue: widths differ by layer
+    model = models.ModelConfig("mlp", depth=2, width=48, activation="tanh")
+  return train.TrainConfig(dataset=dataset, model=model, batch_size=batch, steps=steps,
+                           eval_interval=eval_interval, seeds=tuple(range(runs)),
+                           learning_rates=(0.05,), optimizer="sgd",
+                           optimizer_options={}, max_chunk_steps=steps)
+
+
+def pytest_generate_tests(metafunc):
+  # Smoke mode (plain pytest) compiles fewer programs: each takes ~5 s here.
+  full = full_benchmarks(metafunc.config)
+  if "runs" in metafunc.fixturenames:
+    metafunc.parametrize("runs", [1, 16] if full else [4])
+  if "loss" in metafunc.fixturenames:
+    metafunc.parametrize("loss", losses.names("multiclass") if full else ["cross_entropy", "mse"])
+
+
+@pytest.mark.parametrize("case", list(THROUGHPUT_CASES))
+def test_engine_throughput(benchmark, case, runs, full, session_cache):
+  steps = THROUGHPUT_CASES[case][3] if full else 10
+  config = _config(case, runs, steps, eval_interval=steps)
+  trainer = train.Trainer(config, dataset=_dataset(config.dataset))
+  benchmark.group = f"training {case}"
+  history = pedantic(benchmark, trainer.run, (), full=full, rounds=3)
+  seconds = median_seconds(benchmark)
+  rate = runs * steps / seconds
+  flops = 3 * trainer.program.model.flops_per_example * config.batch_size * rate
+  info = {"impl": "engine", "case": case, "runs": runs, "steps": steps,
+          "run_steps_per_s": rate, "gflop_per_s": flops / 1e9,
+          "compile_seconds": trainer.compile_seconds,
+          "final_test_accuracy": float(np.nanmean(history.metrics["test_accuracy"][:, -1])),
+          **device_facts()}
+  if "matmul_gflops" in session_cache:
+    info["fraction_of_matmul_rate"] = flops / 1e9 / session_cache["matmul_gflops"]
+  loop_rate = session_cache.get(("loop", case))
+  if loop_rate:
+    info["speedup_vs_python_loop"] = rate / loop_rate
+  benchmark.extra_info.update(info)
+
+
+@pytest.mark.parametrize("case", list(THROUGHPUT_CASES))
+def test_python_loop_throughput(benchmark, case, full, session_cache):
+  """One run at a time: a jitted step called from a Python loop."""
+  steps = THROUGHPUT_CASES[case][3] if full else 10
+  config = _config(case, 1, steps, eval_interval=steps)
+  dataset = _dataset(config.dataset)
+  program = train._Program(config, dataset)
+  key = jax.random.key(0)
+  x_train, y_train = jax.device_put(dataset.x_train), jax.device_put(dataset.y_train)
+  indices = jax.device_get(program.batch_indices(jax.random.fold_in(key, 1), jnp.arange(steps)))
+  batches = [(x_train[i], y_train[i]) for i in jax.device_put(indices)]
+  step = jax.jit(program.train_step)
+  learning_rate = jnp.float32(0.05)
+
+  def loop():
+    state = program.init(key)
+    for index, (x, y) in enumerate(batches):
+      state, loss = step(state, learning_rate, jnp.int32(index), x, y)
+    return state
+
+  benchmark.group = f"training {case}"
+  pedantic(benchmark, loop, (), full=full, rounds=3)
+  rate = steps / median_seconds(benchmark)
+  session_cache[("loop", case)] = rate
+  benchmark.extra_info.update({"impl": "python_loop", "case": case, "runs": 1, "steps": steps,
+                               "run_steps_per_s": rate, **device_facts()})
+
+
+STEPS_TO_ACCURACY_GRID = (0.01, 0.05, 0.2)
+TARGETS = (0.85, 0.9, 0.92)
+
+
+def test_steps_to_accuracy(benchmark, loss, full):
+  """Steps each seed needs to reach test accuracy 0.90 (0.85, 0.92) at the
+  learning rate chosen on validation from a fixed grid; one round times the
+  whole vmapped job (all seeds and rates), compilation excluded."""
+  steps, interval, seeds = (600, 20, 5) if full else (20, 10, 2)
+  config = train.TrainConfig(dataset="mnist5k", loss=loss, steps=steps, eval_interval=interval,
+                             seeds=tuple(range(seeds)), learning_rates=STEPS_TO_ACCURACY_GRID,
+                             targets=TARGETS, model=models.ModelConfig(width=256 if full else 32))
+  trainer = train.Trainer(config, dataset=_dataset("mnist5k"))
+  benchmark.group = "steps to accuracy (mnist5k MLP)"
+  history = pedantic(benchmark, trainer.run, (), full=full, rounds=1) if full else benchmark(trainer.run)
+  best = history.best_learning_rate("val_accuracy")
+  runs = history.runs_at(best)
+  seconds_per_step = history.train_seconds / steps
+  info = {"loss": loss, "chosen_learning_rate": best, "grid": list(STEPS_TO_ACCURACY_GRID),
+          "seeds": seeds, "steps_budget": steps, "eval_interval": interval,
+          "compile_seconds": trainer.compile_seconds,
+          "final_test_accuracy_mean": float(np.nanmean(history.metrics["test_accuracy"][runs, -1])),
+          "diverged_runs": int(history.diverged.sum()), **device_facts()}
+  for target in TARGETS:
+    per_seed = history.steps_to_target[target][runs]
+    reached = per_seed[per_seed >= 0]
+    info[f"steps_to_{target:g}"] = [int(s) if s >= 0 else None for s in per_seed]
+    info[f"median_steps_to_{target:g}"] = float(np.median(reached)) if len(reached) else None
+    info[f"never_reached_{target:g}"] = int((per_seed < 0).sum())
+    info[f"median_seconds_to_{target:g}"] = (float(np.median(reached)) * seconds_per_step
+                                             if len(reached) else None)
+  benchmark.extra_info.update(info)

@@ -1,0 +1,26 @@
+"""The report turns a pytest-benchmark JSON into tables, from data only."""
+
+import json
+
+from benchmarks import report
+
+
+def _bench(name, median, **extra):
+  return {"name": name, "stats": {"median": median}, "extra_info": extra}
+
+
+def test_report_pairs_lossjax_with_optax_and_reports_ratios(tmp_path):
+  facts = dict(backend="cpu", device_kind="cpu", device_count=1, jax_version="x")
+  run = {"datetime": "2026-11-29T00:00:00", "machine_info": {"cpu": {"brand_raw": "TestCPU", "count": 2}},
+         "commit_info": {"id": "abc"}, "benchmarks": [
+             _bench("test_stream_read_bandwidth", 0.01, measure="stream_read", gb_per_s=20.0, **facts),
+             _bench("test_loss_throughput[a]", 0.004, loss="cross_entropy", impl="optax", mode="forward",
+                    batch=4096, classes=1000, dtype="float32", gb_per_s=4.0, **facts),
+             _bench("test_loss_throughput[b]", 0.002, loss="cross_entropy", impl="lossjax", mode="forward",
+                    batch=4096, classes=1000, dtype="float32", gb_per_s=8.0, **facts),
+         ]}
+  source = tmp_path / "run.json"
+  source.write_text(json.dumps(run))
+  text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+  assert "TestCPU" in text
+  assert "| `cross_entropy` | 2 / 4 (2.00x); 8.0 GB/s (40%) |" in text
