@@ -98,15 +98,57 @@ def _train(args) -> int:
   return 0
 
 
-def main(argv=None) -> int:
+def _study_parsers(sub) -> None:
+  from lossjax.study import EXPERIMENTS
+  p = sub.add_parser(
+      "study", help="run the claims study and write REPORT.md",
+      description="Runs one experiment per claim of the article (each loss at its own "
+                  "validated learning rate, several seeds, bootstrap intervals), writes one "
+                  "result file per experiment under OUT/study/ and regenerates OUT/REPORT.md. "
+                  "Experiments already on disk (same mode and dataset) are skipped, so an "
+                  "interrupted study resumes.")
+  p.add_argument("--out", default="results", help="output folder (default: %(default)s)")
+  p.add_argument("--quick", action="store_true",
+                 help="every experiment at reduced size (a pipeline check, not evidence)")
+  p.add_argument("--dataset", default="mnist5k",
+                 help="image dataset for the MNIST experiments, e.g. tfds:mnist "
+                      "(default: %(default)s)")
+  p.add_argument("--only", default=None,
+                 help=f"comma-separated experiments to run: {', '.join(EXPERIMENTS)}")
+  r = sub.add_parser("report", help="regenerate REPORT.md and figures from the result files",
+                     description="Regenerates OUT/REPORT.md and OUT/study/figures/ from "
+                                 "OUT/study/*.json without training anything.")
+  r.add_argument("--out", default="results", help="output folder (default: %(default)s)")
+
+
+def _study(args) -> int:
+  from lossjax import study
+  only = [name.strip() for name in args.only.split(",")] if args.only else None
+  try:
+    path = study.run_study(args.out, quick=args.quick, dataset=args.dataset, only=only)
+  except ValueError as error:
+    raise SystemExit(f"lossjax study: {error}") from None
+  print(f"report written to {path}")
+  return 0
+
+
+def _report(args) -> int:
+  from lossjax import study
+  print(f"report written to {study.write_report(args.out)}")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="lossjax", description="lossjax command line")
   sub = parser.add_subparsers(dest="command", required=True)
   _train_parser(sub)
-  args = parser.parse_args(argv)
-  if args.command == "train":
-    return _train(args)
-  parser.error(f"unknown command {args.command!r}")
-  return 2
+  _study_parsers(sub)
+  return parser
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  return {"train": _train, "study": _study, "report": _report}[args.command](args)
 
 
 if __name__ == "__main__":

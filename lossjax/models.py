@@ -30,10 +30,10 @@ class MLP(nnx.Module):
   """Fully connected net: `depth` hidden layers of `width` units, C logits."""
 
   def __init__(self, in_features: int, num_classes: int, *, depth: int = 1,
-               width: int = 256, activation: str = "relu", init_scale: float = 1.0,
-               rngs: nnx.Rngs):
+               width: int = 256, hidden: tuple[int, ...] = (), activation: str = "relu",
+               init_scale: float = 1.0, rngs: nnx.Rngs):
     init = _kernel_init(init_scale)
-    sizes = [in_features] + [width] * depth
+    sizes = [in_features] + (list(hidden) or [width] * depth)
     self.hidden = nnx.List([nnx.Linear(a, b, kernel_init=init, rngs=rngs)
                             for a, b in zip(sizes[:-1], sizes[1:])])
     self.out = nnx.Linear(sizes[-1], num_classes, kernel_init=init, rngs=rngs)
@@ -85,12 +85,17 @@ def _average_pool_2x2(x: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Which model, and its shape. Defaults: a 256-unit ReLU MLP."""
+  """Which model, and its shape. Defaults: a 256-unit ReLU MLP.
+
+  `hidden` (e.g. ``(64, 32)``) gives the MLP's layer widths explicitly and
+  overrides `depth` x `width`.
+  """
   name: str = "mlp"
   depth: int = 1
   width: int = 256
   activation: str = "relu"
   init_scale: float = 1.0
+  hidden: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +120,8 @@ def build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -
     rngs = nnx.Rngs(params=key)
     if config.name == "mlp":
       return MLP(math.prod(input_shape), num_classes, depth=config.depth, width=config.width,
-                 activation=config.activation, init_scale=config.init_scale, rngs=rngs)
+                 hidden=config.hidden, activation=config.activation,
+                 init_scale=config.init_scale, rngs=rngs)
     return CNN(tuple(input_shape), num_classes, width=config.width,
                activation=config.activation, init_scale=config.init_scale, rngs=rngs)
 
@@ -133,7 +139,8 @@ def build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -
 def _forward_flops(config: ModelConfig, input_shape, num_classes: int) -> int:
   """2 x multiply-adds of one forward pass (dense and conv layers only)."""
   if config.name == "mlp":
-    sizes = [math.prod(input_shape)] + [config.width] * config.depth + [num_classes]
+    hidden = list(config.hidden) or [config.width] * config.depth
+    sizes = [math.prod(input_shape)] + hidden + [num_classes]
     return 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
   height, wide, depth = input_shape
   c1, c2 = 6, 16

@@ -9,6 +9,7 @@ from lossjax import models
 @pytest.mark.parametrize("config, shape", [
     (models.ModelConfig("mlp", depth=2, width=32, activation="tanh"), (8, 8, 1)),
     (models.ModelConfig("mlp", depth=4, width=16, activation="sigmoid"), (2,)),
+    (models.ModelConfig("mlp", hidden=(64, 32), activation="tanh"), (8, 8, 1)),
     (models.ModelConfig("cnn", width=32), (8, 8, 1)),
     (models.ModelConfig("cnn", width=32), (28, 28, 1)),
 ])
@@ -34,3 +35,10 @@ def test_unknown_model_and_activation_are_named():
     models.build(models.ModelConfig("rnn"), (4,), 3)
   with pytest.raises(ValueError, match="unknown activation 'gelu'"):
     models.build(models.ModelConfig(activation="gelu"), (4,), 3)
+
+
+def test_explicit_hidden_widths_and_flop_count():
+  fns = models.build(models.ModelConfig(hidden=(64, 32)), (8, 8, 1), 10)
+  params = fns.init(jax.random.key(0))
+  assert [params["hidden"][i]["kernel"][...].shape for i in range(2)] == [(64, 64), (64, 32)]
+  assert fns.flops_per_example == 2 * (64 * 64 + 64 * 32 + 32 * 10)

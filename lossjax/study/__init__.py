@@ -1,0 +1,80 @@
+"""The claims study: one experiment per claim of the article, and its report.
+
+``run_study`` writes one result file per experiment (atomically, when the
+experiment completes) under ``OUT/study/``; an interrupted study resumes from
+the files already there. ``write_report`` regenerates ``OUT/REPORT.md`` and
+the figures from those files alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+
+import jax
+
+from lossjax.study._experiments import EXPERIMENTS, Budget
+from lossjax.study._report import write_report
+
+__all__ = ["Budget", "EXPERIMENTS", "run_study", "write_report"]
+
+
+def _write_json_atomically(path: pathlib.Path, payload: dict) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+    json.dump(payload, f, indent=1)
+    temporary = f.name
+  os.replace(temporary, path)
+
+
+def _environment() -> dict:
+  import flax
+  import numpy
+  import optax
+  return {"python": platform.python_version(), "jax": jax.__version__, "optax": optax.__version__,
+          "flax": flax.__version__, "numpy": numpy.__version__, "backend": jax.default_backend(),
+          "device_kind": jax.devices()[0].device_kind, "machine": platform.machine(),
+          "cpu_count": os.cpu_count()}
+
+
+def run_study(out: str | os.PathLike = "results", *, quick: bool = False,
+              dataset: str = "mnist5k", only: list[str] | None = None,
+              log=None) -> pathlib.Path:
+  """Runs the experiments not yet on disk, then regenerates the report.
+
+  Returns the path of the report.
+  """
+  log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+  out = pathlib.Path(out)
+  budget = Budget.quick_budget() if quick else Budget()
+  mode = "quick" if quick else "full"
+  names = only or list(EXPERIMENTS)
+  unknown = set(names) - set(EXPERIMENTS)
+  if unknown:
+    raise ValueError(f"unknown experiment(s) {sorted(unknown)}; available: {', '.join(EXPERIMENTS)}.")
+  started = time.perf_counter()
+  for index, name in enumerate(names, 1):
+    path = out / "study" / f"{name}.json"
+    if path.exists():
+      meta = json.loads(path.read_text()).get("meta", {})
+      if meta.get("mode") == mode and meta.get("dataset") == dataset:
+        log(f"[{index}/{len(names)}] {name}: already done ({path}), skipped")
+        continue
+    log(f"[{index}/{len(names)}] {name} ({mode}, {dataset}) ...")
+    experiment_started = time.perf_counter()
+    result = EXPERIMENTS[name](budget, dataset, log)
+    seconds = time.perf_counter() - experiment_started
+    result["meta"] = {"experiment": name, "mode": mode, "dataset": dataset,
+                      "budget": dataclasses.asdict(budget), "seconds": seconds,
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      "environment": _environment()}
+    _write_json_atomically(path, result)
+    log(f"[{index}/{len(names)}] {name} done in {seconds:.0f}s "
+        f"(study so far {time.perf_counter() - started:.0f}s)")
+  return write_report(out)
