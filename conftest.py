@@ -33,9 +33,19 @@ def pytest_configure(config):
     config.option.benchmark_disable = True
 
 
+def _whole_suite(config) -> bool:
+  """No -k/-m selection and no explicit test paths: the run covers every benchmark."""
+  return not (config.option.keyword or config.option.markexpr or config.args != [str(ROOT)]
+              and any(arg for arg in config.args if pathlib.Path(arg).resolve() != ROOT))
+
+
 def pytest_unconfigure(config):
   path = getattr(config, "_lossjax_benchmark_json", None)
   if path is None or not pathlib.Path(path).exists():
+    return
+  if not _whole_suite(config):
+    print(f"\nbenchmark JSON: {path}\n(a partial run: results/BENCHMARKS.md left as it was; "
+          f"`python -m benchmarks.report {path}` renders this run)")
     return
   from benchmarks import report
   out = report.write_report(pathlib.Path(path), RESULTS / "BENCHMARKS.md")

@@ -1,6 +1,6 @@
 """Turns a pytest-benchmark JSON into ``results/BENCHMARKS.md``.
 
-Usage: ``python -m benchmarks.report [RUN.json]`` (default: the newest file in
+Usage: ``python -m benchmarks.report [RUN.json [OUT.md]]`` (default: the newest file in
 ``results/benchmarks/``). Every number comes from the JSON; nothing is typed in.
 """
 
@@ -167,7 +167,10 @@ def main(argv=None) -> int:
       print(f"no benchmark JSON in {RUNS}; run `pytest --benchmark-only` first", file=sys.stderr)
       return 1
     source = candidates[-1]
-  print(write_report(source, ROOT / "results" / "BENCHMARKS.md"))
+  destination = ROOT / "results" / "BENCHMARKS.md"
+  if len(argv) > 1:
+    destination = pathlib.Path(argv[1])
+  print(write_report(source, destination))
   return 0
 
 
