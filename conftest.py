@@ -34,9 +34,9 @@ def pytest_configure(config):
 
 
 def _whole_suite(config) -> bool:
-  """No -k/-m selection and no explicit test paths: the run covers every benchmark."""
-  return not (config.option.keyword or config.option.markexpr or config.args != [str(ROOT)]
-              and any(arg for arg in config.args if pathlib.Path(arg).resolve() != ROOT))
+  """No -k/-m selection and no test paths on the command line."""
+  return (not config.option.keyword and not config.option.markexpr
+          and config.args_source != pytest.Config.ArgsSource.ARGS)
 
 
 def pytest_unconfigure(config):

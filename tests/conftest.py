@@ -4,8 +4,13 @@ import jax
 import numpy as np
 import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+@pytest.fixture(autouse=True)
+def strict_promotion():
+  # A fixture, not a global config update: the benchmarks in the same session
+  # call optax, which mixes dtypes on purpose.
+  with jax.numpy_rank_promotion("raise"), jax.numpy_dtype_promotion("strict"):
+    yield
 
 
 @pytest.fixture
