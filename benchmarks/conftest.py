@@ -42,14 +42,18 @@ def skip_if_too_big(needed_bytes: int) -> None:
                 f"{jax.devices()[0].device_kind}")
 
 
-def pedantic(benchmark, compiled, args, *, full: bool, rounds: int = 5):
+def pedantic(benchmark, compiled, args, *, full: bool, rounds: int = 5, warmup: bool = True):
   """Times `compiled(*args)` to completion: inputs already on the device,
-  compilation done by the caller, every round ends with block_until_ready."""
+  compilation done by the caller, every round ends with block_until_ready.
+
+  `warmup=False` for long jobs whose program was compiled ahead of time.
+  """
   run = lambda: jax.block_until_ready(compiled(*args))
-  run()  # warm-up, untimed
   if not full:
     return benchmark(run)
-  return benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
+  if warmup:
+    run()  # untimed: first-call costs (allocation, thread start) stay out
+  return benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1 if warmup else 0)
 
 
 def median_seconds(benchmark) -> float:

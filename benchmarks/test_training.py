@@ -65,7 +65,7 @@ def test_engine_throughput(benchmark, case, runs, full, session_cache):
   config = _config(case, runs, steps, eval_interval=steps)
   trainer = train.Trainer(config, dataset=_dataset(config.dataset))
   benchmark.group = f"training {case}"
-  history = pedantic(benchmark, trainer.run, (), full=full, rounds=3)
+  history = pedantic(benchmark, trainer.run, (), full=full, rounds=3, warmup=False)
   seconds = median_seconds(benchmark)
   rate = runs * steps / seconds
   flops = 3 * trainer.program.model.flops_per_example * config.batch_size * rate
@@ -124,7 +124,7 @@ def test_steps_to_accuracy(benchmark, loss, full):
                              targets=TARGETS, model=models.ModelConfig(width=256 if full else 32))
   trainer = train.Trainer(config, dataset=_dataset("mnist5k"))
   benchmark.group = "steps to accuracy (mnist5k MLP)"
-  history = pedantic(benchmark, trainer.run, (), full=full, rounds=1) if full else benchmark(trainer.run)
+  history = pedantic(benchmark, trainer.run, (), full=full, rounds=1, warmup=False)
   best = history.best_learning_rate("val_accuracy")
   runs = history.runs_at(best)
   seconds_per_step = history.train_seconds / steps

@@ -200,8 +200,10 @@ class _Program:
     return out[..., 0] if self.binary else out
 
   def metric_logits(self, params, x):
-    out = self.logits(params, x)
-    return _binary_as_two_logits(out) if self.binary else out
+    return self._as_metric_logits(self.logits(params, x))
+
+  def _as_metric_logits(self, raw):
+    return _binary_as_two_logits(raw) if self.binary else raw
 
   def batch_loss(self, params, x, y, step):
     logits = self.logits(params, x)
@@ -216,16 +218,32 @@ class _Program:
   def init(self, seed_key):
     params = self.model.init(jax.random.fold_in(seed_key, 0))
     return {"params": params, "opt_state": self.base_optimizer.init(params),
-            "diverged": jnp.bool_(False), "diverged_at": jnp.int32(-1)}
+            "diverged": jnp.bool_(False), "diverged_at": jnp.int32(-1),
+            "permutation": jnp.zeros(self.num_train, jnp.int32)}
+
+  def epoch_permutation(self, data_key, epoch):
+    return jax.random.permutation(jax.random.fold_in(data_key, epoch), self.num_train)
+
+  def next_batch(self, permutation, data_key, step):
+    """The batch indices of `step`, drawing the epoch's permutation at its first
+    step only (the step is shared by all runs, so under vmap this stays a real
+    branch, not a select that would compute the permutation every step)."""
+    epoch, position = step // self.steps_per_epoch, step % self.steps_per_epoch
+    permutation = jax.lax.cond(position == 0,
+                               lambda: self.epoch_permutation(data_key, epoch),
+                               lambda: permutation)
+    size = self.config.batch_size
+    return permutation, jax.lax.dynamic_slice(permutation, (position * size,), (size,))
 
   def batch_indices(self, data_key, steps):
-    """Indices of each step's batch: a fresh permutation each epoch."""
+    """Indices of each of `steps`' batches (a fresh permutation each epoch);
+    the same indices `next_batch` draws one step at a time."""
     epochs = steps // self.steps_per_epoch
     positions = steps % self.steps_per_epoch
     size = self.config.batch_size
 
     def one(epoch, position):
-      permutation = jax.random.permutation(jax.random.fold_in(data_key, epoch), self.num_train)
+      permutation = self.epoch_permutation(data_key, epoch)
       return jax.lax.dynamic_slice(permutation, (position * size,), (size,))
 
     return jax.vmap(one)(epochs, positions)
@@ -240,15 +258,16 @@ class _Program:
         [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_params)]))
     diverged = run_state["diverged"] | ~finite
     keep_old = lambda old, new: jnp.where(diverged, old, new)
-    return {"params": jax.tree.map(keep_old, params, new_params),
+    return {**run_state,
+            "params": jax.tree.map(keep_old, params, new_params),
             "opt_state": jax.tree.map(keep_old, opt_state, new_opt_state),
             "diverged": diverged,
             "diverged_at": jnp.where(diverged & ~run_state["diverged"], step,
                                      run_state["diverged_at"])}, jnp.where(diverged, jnp.nan, loss)
 
   def evaluate(self, params, x, y) -> dict[str, jax.Array]:
-    logits = self.metric_logits(params, x)
     raw = self.logits(params, x)
+    logits = self._as_metric_logits(raw)
     per_example_grad = jax.vmap(jax.grad(
         lambda z, label: self.loss_fn(z[None], label[None])[0]))(raw, y)
     grad_norm = jnp.sqrt(jnp.sum(jnp.square(per_example_grad.reshape(len(y), -1)), axis=-1))
@@ -267,16 +286,15 @@ class _Program:
     interval = self.config.eval_interval
 
     def one_interval(state, interval_index):
-      start = first_step + interval_index * interval
-      steps = start + jnp.arange(interval)
-      indices = self.batch_indices(data_key, steps)
+      steps = first_step + interval_index * interval + jnp.arange(interval)
 
-      def one_step(state, step_and_indices):
-        step, batch = step_and_indices
+      def one_step(state, step):
+        permutation, batch = self.next_batch(state["permutation"], data_key, step)
+        state = {**state, "permutation": permutation}
         return self.train_step(state, learning_rate, step, arrays["x_train"][batch],
                                arrays["y_train"][batch])
 
-      state, batch_losses = jax.lax.scan(one_step, state, (steps, indices))
+      state, batch_losses = jax.lax.scan(one_step, state, steps)
       record = {"train_loss": jnp.mean(batch_losses)}
       for split in ("val", "test"):
         for name, value in self.evaluate(state["params"], arrays[f"x_{split}"],

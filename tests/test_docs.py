@@ -30,3 +30,13 @@ def test_readme_commands_match_ci():
   ci = (README_PATH.parent / ".ci" / "run").read_text()
   assert 'pip install -e ".[all]" && pytest\n' in README
   assert 'pip install -q -e ".[all]" && pytest' in ci
+
+
+def test_import_lossjax_brings_in_no_tensorflow_tfds_or_pytest():
+  import subprocess
+  import sys
+  code = ("import sys, lossjax, lossjax.losses, lossjax.reduction; "
+          "print(sorted({m.split('.')[0] for m in sys.modules} & "
+          "{'tensorflow', 'tensorflow_datasets', 'pytest', 'sklearn', 'mlxtend', 'matplotlib'}))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"

@@ -149,3 +149,18 @@ def test_cli_trains_and_writes_plain_json(tmp_path, capsys):
 def test_cli_names_the_valid_choices(flag, message):
   with pytest.raises(SystemExit, match=message):
     cli.main(["train", *flag])
+
+
+def test_batches_drawn_step_by_step_equal_the_precomputed_epochs(digits):
+  program = train._Program(train.TrainConfig(**SMALL), digits)
+  key = jax.random.key(3)
+  steps = 3 * program.steps_per_epoch + 5  # crosses epoch boundaries
+  expected = np.asarray(program.batch_indices(key, jax.numpy.arange(steps)))
+  permutation = jax.numpy.zeros(program.num_train, jax.numpy.int32)
+  drawn = []
+  for step in range(steps):
+    permutation, batch = program.next_batch(permutation, key, jax.numpy.int32(step))
+    drawn.append(np.asarray(batch))
+  np.testing.assert_array_equal(np.stack(drawn), expected)
+  assert len(set(np.stack(drawn)[:program.steps_per_epoch].ravel())) == (
+      program.steps_per_epoch * SMALL["batch_size"])  # no repeats within an epoch

@@ -86,8 +86,9 @@ def _table(rows, metrics) -> list[str]:
 def _evidence_lines(verdict) -> list[str]:
   lines = []
   for item in verdict["evidence"]:
-    lines.append(f"- {item['setting']}: {item['metric']}, `{item['better']}` − `{item['other']}` "
-                 f"(> 0 favours `{item['better']}`) = {_stats.format_ci(item['difference'])}")
+    lines.append(f"- {item['setting']}: {item['metric']}, advantage of `{item['better']}` over "
+                 f"`{item['other']}` (> 0 favours `{item['better']}`) = "
+                 f"{_stats.format_ci(item['difference'])}")
   return lines
 
 
@@ -236,6 +237,7 @@ def write_report(out) -> pathlib.Path:
                  f"{verdict['why']} |")
   lines.append("")
 
+  shown = {}
   for number, scenario, says, source, measure in ARTICLE_ROWS:
     lines += [f"## Claim {number}: {scenario} ({says})", "",
               f"Verdict: **{verdicts[number]['verdict']}** — {verdicts[number]['why']}.", ""]
@@ -243,8 +245,12 @@ def write_report(out) -> pathlib.Path:
     if number == 3:
       lines += [_analytic_gradient_sentence(), ""]
     for name in source.split("+"):
-      if name in results:
-        lines += [f"Experiment `{name}` ({results[name]['meta']['seconds']:.0f} s):", ""]
+      if name in shown:
+        lines += [f"Experiment `{name}`: see the table under Claim {shown[name]}.", ""]
+      elif name in results:
+        shown[name] = number
+        lines += [f"Experiment `{name}` ({results[name]['meta']['seconds']:.0f} s; mean "
+                  "[95% CI] over seeds at the chosen learning rate):", ""]
         lines += _table(results[name]["rows"], HEADLINE_METRICS[name]) + [""]
     for figure, path in figures.items():
       if figure.startswith((f"claim_{number}", f"claims_{number}")) or (
