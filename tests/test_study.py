@@ -71,6 +71,15 @@ def test_claim6_not_supported_when_ce_also_gains_from_tuning():
   assert _verdicts.claim6(only_mse)["verdict"] == "supported"
 
 
+def test_claim6_depends_when_the_gains_cannot_be_separated():
+  rows = (_rows("rare", "binary_cross_entropy", "f1_at_0.5", [0.3, 0.3, 0.3, 0.3])
+          + _rows("rare", "binary_cross_entropy", "f1_at_tuned", [0.3, 0.6, 0.2, 0.5])
+          + _rows("rare", "binary_mse", "f1_at_0.5", [0.3, 0.3, 0.3, 0.3])
+          + _rows("rare", "binary_mse", "f1_at_tuned", [0.35, 0.4, 0.38, 0.36]))
+  verdict = _verdicts.claim6(rows)
+  assert verdict["verdict"] == "depends" and "cannot separate" in verdict["why"]
+
+
 def test_quick_study_runs_end_to_end_and_resumes(tmp_path, capsys):
   only = "threshold,local_minima"
   assert cli.main(["study", "--quick", "--out", str(tmp_path), "--only", only]) == 0
