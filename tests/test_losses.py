@@ -44,6 +44,9 @@ def test_unknown_loss_lists_the_valid_names():
     losses.get("nope")
   with pytest.raises(ValueError, match="no hyper-parameter"):
     losses.get("focal", gama=1.0)
+  with pytest.raises(ValueError, match=r"'mse' has no hyper-parameter\(s\) \['class_weights'\]"):
+    losses.get("mse", class_weights=jnp.ones(3))
+  assert "class_weights" in losses.spec("cross_entropy").keyword_options()
 
 
 @pytest.mark.parametrize("name", ALL)

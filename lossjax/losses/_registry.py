@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Any, Callable
 
 from lossjax.losses import _binary
@@ -31,13 +32,17 @@ class LossSpec:
   twice_differentiable: bool = True
   log_normalizer: bool = False  # built on softmax's logsumexp
 
+  def keyword_options(self) -> list[str]:
+    """Keyword-only options of the function (hyper-parameters, weights)."""
+    return [name for name, p in inspect.signature(self.fn).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
   def bind(self, **overrides) -> Callable[..., Any]:
-    unknown = set(overrides) - set(self.hyperparameters) - {
-        "class_weights", "alpha", "pos_weight"}
+    unknown = set(overrides) - set(self.keyword_options())
     if unknown:
       raise ValueError(
           f"loss {self.name!r} has no hyper-parameter(s) {sorted(unknown)}; "
-          f"it takes {sorted(self.hyperparameters)}.")
+          f"it takes {self.keyword_options()}.")
     bound = functools.partial(self.fn, **{**self.hyperparameters, **overrides})
     functools.update_wrapper(bound, self.fn)
     return bound

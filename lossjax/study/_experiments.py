@@ -27,9 +27,9 @@ class Budget:
   eval_interval: int = 20
   width: int = 256
   small_steps: int = 1000  # digits / synthetic tasks, cheap per step
-  # The CNN is ~40x slower per step than the MLP on this CPU (XLA's conv),
-  # so it gets fewer seeds, rates and steps.
-  cnn_seeds: int = 3
+  # The CNN is ~100x slower per step than the MLP inside the engine on this
+  # CPU (XLA's convolutions), so it gets fewer rates and steps.
+  cnn_seeds: int = 5
   cnn_learning_rates: tuple[float, ...] = (0.03, 0.1)
   cnn_steps: int = 200
   quick: bool = False
