@@ -11,6 +11,8 @@ import pathlib
 import sys
 from collections import defaultdict
 
+from lossjax._io import write_text_atomically
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUNS = ROOT / "results" / "benchmarks"
 
@@ -150,11 +152,7 @@ def render(run: dict, source: pathlib.Path) -> str:
 
 def write_report(source: pathlib.Path, destination: pathlib.Path) -> pathlib.Path:
   run = json.loads(source.read_text())
-  text = render(run, source)
-  temporary = destination.with_suffix(".md.tmp")
-  temporary.write_text(text)
-  temporary.replace(destination)
-  return destination
+  return write_text_atomically(destination, render(run, source))
 
 
 def main(argv=None) -> int:

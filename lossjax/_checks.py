@@ -123,8 +123,8 @@ def label_validity(labels: Array, num_classes: int, where: Array | None,
   Outside a trace, raises ValueError naming the offending values (masked-out
   examples are not checked: that is the ignore-index use case). Inside a trace,
   returns the boolean validity mask (the caller turns invalid examples into
-  NaN) and, inside ``label_checks()``, records a checkify check. Returns None when all labels are
-  known to be valid.
+  NaN) and, inside ``label_checks()``, records a checkify check. Returns None
+  when all labels are known to be valid.
   """
   if not is_traced(labels) and not is_traced(where):
     labels_np = np.asarray(labels)
@@ -137,9 +137,9 @@ def label_validity(labels: Array, num_classes: int, where: Array | None,
           f"{_invalid_label_summary(labels_np, invalid)}.")
     return None
   valid = (labels >= 0) & (labels < num_classes)
-  considered = valid if where is None else valid | ~where
   if not _LABEL_CHECKS.get():
     return valid
+  considered = valid if where is None else valid | ~where
   checkify.check(
       jnp.all(considered),
       f"`{name}` must be integers in [0, num_classes={num_classes}); "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import time
 from typing import Any, Callable
@@ -22,6 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lossjax import _io
 from lossjax import data as data_lib
 from lossjax import losses, metrics, models, reduction
 
@@ -449,14 +449,8 @@ def train(config: TrainConfig, *, dataset: data_lib.Dataset | None = None,
 
 def save_json(history: History, path: str) -> None:
   """Writes the history as JSON atomically (a temporary file, then rename)."""
-  import os
-  import tempfile
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as f:
-    json.dump(history.to_json(), f, indent=1, default=_json_default)
-    temporary = f.name
-  os.replace(temporary, path)
+  _io.write_text_atomically(path, json.dumps(history.to_json(), indent=1,
+                                             default=_json_default))
 
 
 def _json_default(value: Any):

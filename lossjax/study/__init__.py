@@ -14,23 +14,15 @@ import os
 import pathlib
 import platform
 import sys
-import tempfile
 import time
 
 import jax
 
+from lossjax import _io
 from lossjax.study._experiments import EXPERIMENTS, Budget
 from lossjax.study._report import write_report
 
 __all__ = ["Budget", "EXPERIMENTS", "run_study", "write_report"]
-
-
-def _write_json_atomically(path: pathlib.Path, payload: dict) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-    json.dump(payload, f, indent=1)
-    temporary = f.name
-  os.replace(temporary, path)
 
 
 def _environment() -> dict:
@@ -74,7 +66,7 @@ def run_study(out: str | os.PathLike = "results", *, quick: bool = False,
                       "budget": dataclasses.asdict(budget), "seconds": seconds,
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       "environment": _environment()}
-    _write_json_atomically(path, result)
+    _io.write_text_atomically(path, json.dumps(result, indent=1))
     log(f"[{index}/{len(names)}] {name} done in {seconds:.0f}s "
         f"(study so far {time.perf_counter() - started:.0f}s)")
   return write_report(out)

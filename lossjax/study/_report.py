@@ -7,6 +7,7 @@ import pathlib
 
 import numpy as np
 
+from lossjax import _io
 from lossjax.study import _stats, _verdicts
 
 ARTICLE_ROWS = [
@@ -261,8 +262,4 @@ def write_report(out) -> pathlib.Path:
     if name in results:
       lines += [f"## {title}", "", f"Experiment `{name}` ({results[name]['meta']['seconds']:.0f} s):", ""]
       lines += _table(results[name]["rows"], HEADLINE_METRICS[name]) + [""]
-  path = out / "REPORT.md"
-  temporary = path.with_suffix(".md.tmp")
-  temporary.write_text("\n".join(lines) + "\n")
-  temporary.replace(path)
-  return path
+  return _io.write_text_atomically(out / "REPORT.md", "\n".join(lines) + "\n")
