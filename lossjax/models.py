@@ -67,10 +67,52 @@ class CNN(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     act = ACTIVATIONS[self.activation]
     pool = _average_pool_2x2
-    x = pool(act(self.conv1(x)))
-    x = pool(act(self.conv2(x)))
+    conv = lambda layer, x: conv2d_same(x, layer.kernel[...], layer.bias[...])
+    x = pool(act(conv(self.conv1, x)))
+    x = pool(act(conv(self.conv2, x)))
     x = act(self.dense(x.reshape(x.shape[0], -1)))
     return self.out(x)
+
+
+def conv2d_same(x: jax.Array, kernel: jax.Array, bias: jax.Array, *,
+                platform: str | None = None) -> jax.Array:
+  """Stride-1 "SAME" convolution of NHWC `x` with an HWIO `kernel`, plus `bias`:
+  what ``nnx.Conv(..., padding="SAME")`` computes.
+
+  On CPU it is formed as patches times a matrix (im2col); elsewhere it is
+  XLA's convolution. XLA:CPU leaves the backward convolutions of a net
+  trained inside ``lax.scan`` in layouts it runs ~5x slower than the same
+  step outside a loop (measured: LeNet, batch 128, 79 vs 14 ms per step), and
+  turns vmapped convolutions into grouped ones (~230 ms per run-step for 16
+  runs); the patches and their gradient are slices, pads and one matmul, which
+  stay fast in both (17 and 20 ms). The formulation is chosen per backend when
+  the program is lowered; `platform` ('cpu' or 'default') forces one.
+  """
+  if platform == "cpu":
+    out = _conv_as_matmul(x, kernel)
+  elif platform == "default":
+    out = _conv_native(x, kernel)
+  elif platform is None:
+    out = jax.lax.platform_dependent(x, kernel, cpu=_conv_as_matmul, default=_conv_native)
+  else:
+    raise ValueError(f"`platform` must be 'cpu', 'default' or None, got {platform!r}.")
+  return out + bias.reshape((1,) * (out.ndim - 1) + (-1,))
+
+
+def _conv_native(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_as_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  kh, kw, cin, cout = kernel.shape
+  _, height, width, _ = x.shape
+  # "SAME" for stride 1: (k - 1) // 2 before, the rest after (as XLA pads).
+  padded = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+  patches = jnp.concatenate([padded[:, i:i + height, j:j + width, :]
+                             for i in range(kh) for j in range(kw)], axis=-1)
+  # Patch features are ordered (i, j, channel), as the HWIO kernel flattens.
+  return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout))
 
 
 def _average_pool_2x2(x: jax.Array) -> jax.Array:

@@ -42,3 +42,55 @@ def test_explicit_hidden_widths_and_flop_count():
   params = fns.init(jax.random.key(0))
   assert [params["hidden"][i]["kernel"][...].shape for i in range(2)] == [(64, 64), (64, 32)]
   assert fns.flops_per_example == 2 * (64 * 64 + 64 * 32 + 32 * 10)
+
+
+def _correlate_same(x, kernel):
+  """float64 reference: out[b,h,w,o] = sum x[b,h+i-pi,w+j-pj,c] k[i,j,c,o]."""
+  kh, kw = kernel.shape[:2]
+  top, left = (kh - 1) // 2, (kw - 1) // 2
+  padded = np.pad(x, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
+  out = np.zeros(x.shape[:3] + (kernel.shape[3],))
+  for i in range(kh):
+    for j in range(kw):
+      window = padded[:, i:i + x.shape[1], j:j + x.shape[2], :]
+      out += np.einsum("bhwc,co->bhwo", window, kernel[i, j])
+  return out
+
+
+@pytest.mark.parametrize("platform", ["cpu", "default", None])
+@pytest.mark.parametrize("kernel_shape", [(5, 5, 3, 4), (4, 2, 2, 3), (1, 1, 2, 2)])
+def test_conv2d_same_matches_a_reference_and_nnx_conv(platform, kernel_shape, rng):
+  from flax import nnx
+  x = rng.normal(size=(2, 7, 6, kernel_shape[2])).astype(np.float32)
+  layer = nnx.Conv(kernel_shape[2], kernel_shape[3], kernel_shape[:2], padding="SAME",
+                   rngs=nnx.Rngs(0))
+  kernel, bias = layer.kernel[...], layer.bias[...]
+  got = jax.jit(lambda x, k, b: models.conv2d_same(x, k, b, platform=platform))(x, kernel, bias)
+  np.testing.assert_allclose(got, _correlate_same(x.astype(np.float64), np.asarray(kernel,
+                             np.float64)) + np.asarray(bias), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got, layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_same_gradients_agree_across_formulations(rng):
+  x = jnp.asarray(rng.normal(size=(3, 8, 8, 2)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(5, 5, 2, 3)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(3,)), jnp.float32)
+  grads = {p: jax.grad(lambda *a: jnp.sum(jnp.sin(models.conv2d_same(*a, platform=p))),
+                       argnums=(0, 1, 2))(x, kernel, bias) for p in ("cpu", "default")}
+  for got, want in zip(grads["cpu"], grads["default"]):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="`platform` must be"):
+    models.conv2d_same(x, kernel, bias, platform="tpu")
+
+
+def test_cnn_on_cpu_trains_without_xla_convolutions():
+  """The CPU formulation is the one lowered there: no convolution op in the
+  compiled training step (XLA:CPU's are slow inside loops, see conv2d_same)."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("checks the CPU lowering")
+  fns = models.build(models.ModelConfig("cnn", width=8), (8, 8, 1), 3)
+  params = fns.init(jax.random.key(0))
+  step = jax.jit(jax.grad(lambda p, x: jnp.sum(fns.apply(p, x))))
+  text = step.lower(params, jnp.ones((2, 8, 8, 1))).compile().as_text()
+  assert "convolution(" not in text
+  assert "dot(" in text
