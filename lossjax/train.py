@@ -219,22 +219,26 @@ class _Program:
   def init(self, seed_key):
     params = self.model.init(jax.random.fold_in(seed_key, 0))
     return {"params": params, "opt_state": self.base_optimizer.init(params),
-            "diverged": jnp.bool_(False), "diverged_at": jnp.int32(-1),
-            "permutation": jnp.zeros(self.num_train, jnp.int32)}
+            "diverged": jnp.bool_(False), "diverged_at": jnp.int32(-1)}
 
   def epoch_permutation(self, data_key, epoch):
     return jax.random.permutation(jax.random.fold_in(data_key, epoch), self.num_train)
 
-  def next_batch(self, permutation, data_key, step):
-    """The batch indices of `step`, drawing the epoch's permutation at its first
-    step only (the step is shared by all runs, so under vmap this stays a real
-    branch, not a select that would compute the permutation every step)."""
-    epoch, position = step // self.steps_per_epoch, step % self.steps_per_epoch
-    permutation = jax.lax.cond(position == 0,
-                               lambda: self.epoch_permutation(data_key, epoch),
-                               lambda: permutation)
-    size = self.config.batch_size
-    return permutation, jax.lax.dynamic_slice(permutation, (position * size,), (size,))
+  def interval_batches(self, data_key, first_step, length: int):
+    """Batch indices `[length, batch]` of steps first_step .. first_step+length-1,
+    drawn before the steps run: each epoch those steps touch is permuted once
+    (the same indices as `batch_indices`). Inside the scanned steps only a
+    gather remains, which is most of a small model's step time otherwise."""
+    per_epoch, size = self.steps_per_epoch, self.config.batch_size
+    first_epoch = first_step // per_epoch
+    # `length` consecutive steps touch at most this many epochs.
+    epochs = (length - 1) // per_epoch + 2
+    permutations = jax.vmap(lambda e: self.epoch_permutation(data_key, first_epoch + e))(
+        jnp.arange(epochs))
+    steps = first_step + jnp.arange(length)
+    rows = steps // per_epoch - first_epoch
+    columns = (steps % per_epoch)[:, None] * size + jnp.arange(size)[None, :]
+    return permutations[rows[:, None], columns]
 
   def batch_indices(self, data_key, steps):
     """Indices of each of `steps`' batches (a fresh permutation each epoch);
@@ -287,15 +291,16 @@ class _Program:
     interval = self.config.eval_interval
 
     def one_interval(state, interval_index):
-      steps = first_step + interval_index * interval + jnp.arange(interval)
+      start = first_step + interval_index * interval
+      steps = start + jnp.arange(interval)
+      batches = self.interval_batches(data_key, start, interval)
 
-      def one_step(state, step):
-        permutation, batch = self.next_batch(state["permutation"], data_key, step)
-        state = {**state, "permutation": permutation}
+      def one_step(state, step_and_batch):
+        step, batch = step_and_batch
         return self.train_step(state, learning_rate, step, arrays["x_train"][batch],
                                arrays["y_train"][batch])
 
-      state, batch_losses = jax.lax.scan(one_step, state, steps)
+      state, batch_losses = jax.lax.scan(one_step, state, (steps, batches))
       record = {"train_loss": jnp.mean(batch_losses)}
       for split in ("val", "test"):
         for name, value in self.evaluate(state["params"], arrays[f"x_{split}"],

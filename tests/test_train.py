@@ -151,16 +151,14 @@ def test_cli_names_the_valid_choices(flag, message):
     cli.main(["train", *flag])
 
 
-def test_batches_drawn_step_by_step_equal_the_precomputed_epochs(digits):
+@pytest.mark.parametrize("first, length", [(0, 1), (0, 40), (7, 13), (29, 70), (100, 1)])
+def test_interval_batches_equal_the_step_by_step_epochs(digits, first, length):
   program = train._Program(train.TrainConfig(**SMALL), digits)
   key = jax.random.key(3)
-  steps = 3 * program.steps_per_epoch + 5  # crosses epoch boundaries
-  expected = np.asarray(program.batch_indices(key, jax.numpy.arange(steps)))
-  permutation = jax.numpy.zeros(program.num_train, jax.numpy.int32)
-  drawn = []
-  for step in range(steps):
-    permutation, batch = program.next_batch(permutation, key, jax.numpy.int32(step))
-    drawn.append(np.asarray(batch))
-  np.testing.assert_array_equal(np.stack(drawn), expected)
-  assert len(set(np.stack(drawn)[:program.steps_per_epoch].ravel())) == (
-      program.steps_per_epoch * SMALL["batch_size"])  # no repeats within an epoch
+  steps = jax.numpy.arange(first, first + length)
+  expected = np.asarray(program.batch_indices(key, steps))
+  got = np.asarray(jax.jit(program.interval_batches, static_argnums=2)(key, first, length))
+  np.testing.assert_array_equal(got, expected)
+  per_epoch = program.steps_per_epoch
+  one_epoch = np.asarray(program.interval_batches(key, per_epoch, per_epoch))
+  assert len(set(one_epoch.ravel())) == per_epoch * SMALL["batch_size"]  # no repeats
