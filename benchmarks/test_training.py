@@ -1,5 +1,7 @@
-"""Training throughput of the engine vs a per-step Python loop, and
-steps-to-accuracy of every multiclass loss on mnist5k."""
+"""Training throughput of the engine vs a per-step Python loop and PyTorch
+eager, and steps-to-accuracy of every multiclass loss on mnist5k.
+
+The references run first, so that the engine's entries carry their ratios."""
 
 import functools
 import time
@@ -59,6 +61,97 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("loss", losses.names("multiclass") if full else ["cross_entropy", "mse"])
 
 
+def _loop_inputs(case, steps):
+  """Config, dataset, program and each step's batch indices (the engine's)."""
+  config = _config(case, 1, steps, eval_interval=steps)
+  dataset = _dataset(config.dataset)
+  program = train._Program(config, dataset)
+  data_key = jax.random.fold_in(jax.random.key(0), 1)
+  indices = np.asarray(program.batch_indices(data_key, jnp.arange(steps)))
+  return config, dataset, program, indices
+
+
+# How the Python loop gets its batches: "device" slices them on the device
+# before the timed loop (the strongest loop: nothing but the step per
+# iteration); "numpy" indexes host arrays every step and passes them to the
+# jitted step, as a typical training loop does.
+LOOP_BATCHES = ("device", "numpy")
+
+
+@pytest.mark.parametrize("batches", LOOP_BATCHES)
+@pytest.mark.parametrize("case", list(THROUGHPUT_CASES))
+def test_python_loop_throughput(benchmark, case, batches, full, session_cache):
+  """One run at a time: a jitted step (the engine's, bookkeeping included)
+  called from a Python loop."""
+  steps = THROUGHPUT_CASES[case][3] if full else 10
+  config, dataset, program, indices = _loop_inputs(case, steps)
+  if batches == "device":
+    x_train, y_train = jax.device_put(dataset.x_train), jax.device_put(dataset.y_train)
+    batch_list = [(x_train[i], y_train[i]) for i in jax.device_put(indices)]
+    next_batch = lambda index: batch_list[index]
+  else:
+    next_batch = lambda index: (dataset.x_train[indices[index]], dataset.y_train[indices[index]])
+  step = jax.jit(program.train_step)
+  learning_rate = jnp.float32(0.05)
+  key = jax.random.key(0)
+
+  def loop():
+    state = program.init(key)
+    for index in range(steps):
+      state, loss = step(state, learning_rate, jnp.int32(index), *next_batch(index))
+    return state
+
+  benchmark.group = f"training {case}"
+  pedantic(benchmark, loop, (), full=full, rounds=3)
+  rate = steps / median_seconds(benchmark)
+  session_cache[(f"loop_{batches}", case)] = rate
+  benchmark.extra_info.update({"impl": f"python_loop_{batches}", "case": case, "runs": 1,
+                               "steps": steps, "run_steps_per_s": rate, **device_facts()})
+
+
+@pytest.mark.parametrize("case", [c for c in THROUGHPUT_CASES if "mlp" in c])
+def test_pytorch_eager_throughput(benchmark, case, full, session_cache):
+  """The same MLP, loss, optimizer and batches in PyTorch eager on the CPU,
+  one run at a time (its threads: PyTorch's default, all cores)."""
+  torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install -e '.[torch]')")
+  if jax.default_backend() != "cpu":
+    pytest.skip("the PyTorch comparison is CPU to CPU")
+  steps = THROUGHPUT_CASES[case][3] if full else 10
+  config, dataset, _, indices = _loop_inputs(case, steps)
+  widths = list(config.model.hidden) or [config.model.width] * config.model.depth
+  sizes = [int(np.prod(dataset.input_shape))] + widths
+  activation = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[config.model.activation]
+  layers = []
+  for a, b in zip(sizes[:-1], sizes[1:]):
+    layers += [torch.nn.Linear(a, b), activation()]
+  x_train = torch.from_numpy(dataset.x_train.reshape(len(dataset.x_train), -1))
+  y_train = torch.from_numpy(dataset.y_train.astype(np.int64))
+  batch_list = [(x_train[i], y_train[i]) for i in torch.from_numpy(indices.astype(np.int64))]
+
+  def loop():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-1], dataset.num_classes))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    for x, y in batch_list:
+      optimizer.zero_grad(set_to_none=True)
+      loss = torch.nn.functional.cross_entropy(model(x), y)
+      loss.backward()
+      optimizer.step()
+    return loss.item()
+
+  benchmark.group = f"training {case}"
+  benchmark.extra_info.update({"impl": "pytorch_eager", "case": case, "runs": 1, "steps": steps,
+                               "torch_version": torch.__version__,
+                               "torch_threads": torch.get_num_threads(), **device_facts()})
+  if full:
+    loop()  # warm-up: first-call allocations
+    benchmark.pedantic(loop, rounds=3, iterations=1, warmup_rounds=0)
+  else:
+    benchmark(loop)
+  benchmark.extra_info["run_steps_per_s"] = steps / median_seconds(benchmark)
+  session_cache[("pytorch_eager", case)] = benchmark.extra_info["run_steps_per_s"]
+
+
 @pytest.mark.parametrize("case", list(THROUGHPUT_CASES))
 def test_engine_throughput(benchmark, case, runs, full, session_cache):
   steps = THROUGHPUT_CASES[case][3] if full else 10
@@ -76,38 +169,11 @@ def test_engine_throughput(benchmark, case, runs, full, session_cache):
           **device_facts()}
   if "matmul_gflops" in session_cache:
     info["fraction_of_matmul_rate"] = flops / 1e9 / session_cache["matmul_gflops"]
-  loop_rate = session_cache.get(("loop", case))
-  if loop_rate:
-    info["speedup_vs_python_loop"] = rate / loop_rate
+  for reference in [f"loop_{batches}" for batches in LOOP_BATCHES] + ["pytorch_eager"]:
+    reference_rate = session_cache.get((reference, case))
+    if reference_rate:
+      info[f"speedup_vs_{reference}"] = rate / reference_rate
   benchmark.extra_info.update(info)
-
-
-@pytest.mark.parametrize("case", list(THROUGHPUT_CASES))
-def test_python_loop_throughput(benchmark, case, full, session_cache):
-  """One run at a time: a jitted step called from a Python loop."""
-  steps = THROUGHPUT_CASES[case][3] if full else 10
-  config = _config(case, 1, steps, eval_interval=steps)
-  dataset = _dataset(config.dataset)
-  program = train._Program(config, dataset)
-  key = jax.random.key(0)
-  x_train, y_train = jax.device_put(dataset.x_train), jax.device_put(dataset.y_train)
-  indices = jax.device_get(program.batch_indices(jax.random.fold_in(key, 1), jnp.arange(steps)))
-  batches = [(x_train[i], y_train[i]) for i in jax.device_put(indices)]
-  step = jax.jit(program.train_step)
-  learning_rate = jnp.float32(0.05)
-
-  def loop():
-    state = program.init(key)
-    for index, (x, y) in enumerate(batches):
-      state, loss = step(state, learning_rate, jnp.int32(index), x, y)
-    return state
-
-  benchmark.group = f"training {case}"
-  pedantic(benchmark, loop, (), full=full, rounds=3)
-  rate = steps / median_seconds(benchmark)
-  session_cache[("loop", case)] = rate
-  benchmark.extra_info.update({"impl": "python_loop", "case": case, "runs": 1, "steps": steps,
-                               "run_steps_per_s": rate, **device_facts()})
 
 
 STEPS_TO_ACCURACY_GRID = (0.03, 0.1, 0.3)

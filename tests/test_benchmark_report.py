@@ -24,3 +24,24 @@ def test_report_pairs_lossjax_with_optax_and_reports_ratios(tmp_path):
   text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
   assert "TestCPU" in text
   assert "| `cross_entropy` | 2 / 4 (2.00x); 8.0 GB/s (40%) |" in text
+
+
+def test_training_table_gives_the_engine_its_ratio_to_every_reference(tmp_path):
+  case = dict(case="digits-mlp", steps=500)
+  run = {"datetime": "2026-11-29T00:00:00", "machine_info": {"cpu": {"brand_raw": "TestCPU"}},
+         "commit_info": {"id": "abc"}, "benchmarks": [
+             _bench("test_python_loop_throughput[d]", 1.0, impl="python_loop_device", runs=1,
+                    run_steps_per_s=8000.0, **case),
+             _bench("test_python_loop_throughput[n]", 1.0, impl="python_loop_numpy", runs=1,
+                    run_steps_per_s=2000.0, **case),
+             _bench("test_pytorch_eager_throughput[p]", 1.0, impl="pytorch_eager", runs=1,
+                    run_steps_per_s=4000.0, **case),
+             _bench("test_engine_throughput[e]", 1.0, impl="engine", runs=16,
+                    run_steps_per_s=40000.0, gflop_per_s=50.0, fraction_of_matmul_rate=0.25,
+                    compile_seconds=4.0, **case),
+         ]}
+  source = tmp_path / "run.json"
+  source.write_text(json.dumps(run))
+  text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+  assert "| digits-mlp | engine | 16 | 500 | 40000 | 5.0x | 20.0x | 10.0x | 50.0 | 25% | 4.0 |" in text
+  assert "| digits-mlp | pytorch_eager | 1 | 500 | 4000 | — | — | — | — | — | — |" in text

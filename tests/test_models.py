@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,14 +85,32 @@ def test_conv2d_same_gradients_agree_across_formulations(rng):
     models.conv2d_same(x, kernel, bias, platform="tpu")
 
 
-def test_cnn_on_cpu_trains_without_xla_convolutions():
-  """The CPU formulation is the one lowered there: no convolution op in the
-  compiled training step (XLA:CPU's are slow inside loops, see conv2d_same)."""
+def test_cnn_gradient_on_cpu_uses_only_the_fast_convolution_layout():
+  """Inside a scanned training step of the 28x28 LeNet, every convolution
+  XLA:CPU runs is in the canonical NHWC x HWIO layout (the others are slow
+  there, see conv2d_same). (On 8x8 inputs XLA swaps the operands of the
+  4x4 convolutions; that net is fast either way.)"""
   if jax.default_backend() != "cpu":
     pytest.skip("checks the CPU lowering")
-  fns = models.build(models.ModelConfig("cnn", width=8), (8, 8, 1), 3)
+  fns = models.build(models.ModelConfig("cnn", width=8), (28, 28, 1), 3)
   params = fns.init(jax.random.key(0))
-  step = jax.jit(jax.grad(lambda p, x: jnp.sum(fns.apply(p, x))))
-  text = step.lower(params, jnp.ones((2, 8, 8, 1))).compile().as_text()
-  assert "convolution(" not in text
-  assert "dot(" in text
+  grad = jax.grad(lambda p, x: jnp.sum(fns.apply(p, x)))
+
+  def steps(params, x):
+    update = lambda p, _: (jax.tree.map(lambda a, g: a - 0.1 * g, p, grad(p, x)), None)
+    return jax.lax.scan(update, params, None, length=3)[0]
+
+  text = jax.jit(steps).lower(params, jnp.ones((4, 28, 28, 1))).compile().as_text()
+  layouts = set(re.findall(r"dim_labels=([^,\s]+)", text))
+  assert layouts == {"b01f_01io->b01f"}
+
+
+def test_cnn_on_cpu_is_reverse_mode_only():
+  x = jnp.ones((1, 6, 6, 1))
+  kernel, bias = jnp.ones((3, 3, 1, 2)), jnp.zeros(2)
+  conv = lambda k: models.conv2d_same(x, k, bias, platform="cpu")
+  assert jax.grad(lambda k: jnp.sum(conv(k)))(kernel).shape == kernel.shape
+  with pytest.raises(TypeError, match="jvp"):
+    jax.jvp(conv, (kernel,), (kernel,))
+  default = lambda k: models.conv2d_same(x, k, bias, platform="default")
+  assert jax.jvp(default, (kernel,), (kernel,))[1].shape == (1, 6, 6, 2)
