@@ -28,8 +28,8 @@ def test_the_colab_notebook_calls_the_cli_with_flags_that_exist():
 
 def test_readme_commands_match_ci():
   ci = (README_PATH.parent / ".ci" / "run").read_text()
-  assert 'pip install -e ".[all]" && pytest\n' in README
-  assert 'pip install -q -e ".[all]" && pytest' in ci
+  assert 'pip install -e ".[all,torch]" && pytest\n' in README
+  assert 'pip install -q -e ".[all,torch]" && pytest' in ci
 
 
 def test_import_lossjax_brings_in_no_tensorflow_tfds_or_pytest():
@@ -37,6 +37,6 @@ def test_import_lossjax_brings_in_no_tensorflow_tfds_or_pytest():
   import sys
   code = ("import sys, lossjax, lossjax.losses, lossjax.reduction; "
           "print(sorted({m.split('.')[0] for m in sys.modules} & "
-          "{'tensorflow', 'tensorflow_datasets', 'pytest', 'sklearn', 'mlxtend', 'matplotlib'}))")
+          "{'tensorflow', 'tensorflow_datasets', 'pytest', 'sklearn', 'mlxtend', 'matplotlib', 'torch'}))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]"
