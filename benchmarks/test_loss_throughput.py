@@ -11,8 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from benchmarks.conftest import (device_facts, loss_shapes, median_seconds, pedantic,
-                                 random_inputs, skip_if_too_big)
+from benchmarks.conftest import (LOSS_SHAPES_FULL, LOSS_SHAPES_SMOKE, device_facts, loss_shapes,
+                                 median_seconds, pedantic, random_inputs, skip_if_too_big)
 from lossjax import losses
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -84,6 +84,23 @@ def test_stream_read_bandwidth(benchmark, full, session_cache):
   session_cache["stream_gb_per_s"] = rate
   benchmark.extra_info.update({"measure": "stream_read", "bytes": data.nbytes,
                                "gb_per_s": rate, **device_facts()})
+
+
+def test_fresh_output_write(benchmark, full, session_cache):
+  """The floor of any value_and_grad: `2 * z` reads the largest logits and
+  writes a gradient-sized array to a fresh buffer (on CPU every call's
+  output is new memory, paid for in page faults)."""
+  shape = max(LOSS_SHAPES_FULL if full else LOSS_SHAPES_SMOKE, key=np.prod)
+  skip_if_too_big(4 * int(np.prod(shape)) * 3)
+  data = jax.device_put(np.ones(shape, np.float32))
+  compiled = jax.jit(lambda z: 2 * z).lower(data).compile()
+  benchmark.group = "machine"
+  pedantic(benchmark, compiled, (data,), full=full, rounds=5)
+  seconds = median_seconds(benchmark)
+  benchmark.extra_info.update({"measure": "fresh_output_write", "batch": shape[0],
+                               "classes": shape[1], "bytes": 2 * data.nbytes,
+                               "milliseconds": seconds * 1e3,
+                               "gb_per_s": 2 * data.nbytes / seconds / 1e9, **device_facts()})
 
 
 def test_loss_throughput(benchmark, loss_case, full, session_cache):

@@ -14,6 +14,8 @@ def test_report_pairs_lossjax_with_optax_and_reports_ratios(tmp_path):
   run = {"datetime": "2026-11-29T00:00:00", "machine_info": {"cpu": {"brand_raw": "TestCPU", "count": 2}},
          "commit_info": {"id": "abc"}, "benchmarks": [
              _bench("test_stream_read_bandwidth", 0.01, measure="stream_read", gb_per_s=20.0, **facts),
+             _bench("test_fresh_output_write", 0.07, measure="fresh_output_write", batch=65536,
+                    classes=1000, milliseconds=70.0, gb_per_s=7.5, **facts),
              _bench("test_loss_throughput[a]", 0.004, loss="cross_entropy", impl="optax", mode="forward",
                     batch=4096, classes=1000, dtype="float32", gb_per_s=4.0, **facts),
              _bench("test_loss_throughput[b]", 0.002, loss="cross_entropy", impl="lossjax", mode="forward",
@@ -24,6 +26,7 @@ def test_report_pairs_lossjax_with_optax_and_reports_ratios(tmp_path):
   text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
   assert "TestCPU" in text
   assert "| `cross_entropy` | 2 / 4 (2.00x); 8.0 GB/s (40%) |" in text
+  assert "fresh output, z float32 65536x1000: 70 ms (7.5 GB/s read + written)" in text
 
 
 def test_training_table_gives_the_engine_its_ratio_to_every_reference(tmp_path):
