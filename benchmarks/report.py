@@ -158,6 +158,11 @@ def render(run: dict, source: pathlib.Path) -> str:
       lines.append(f"- `2 * z` into a fresh output, z float32 {fresh['batch']}x{fresh['classes']}: "
                    f"{fresh['milliseconds']:.3g} ms ({fresh['gb_per_s']:.1f} GB/s read + written), "
                    "the floor of any `value_and_grad` at that shape: its gradient is such an output")
+    for floor in (b["extra_info"] for b in benchmarks
+                  if b["extra_info"].get("measure") == "exp_sum_floor"):
+      lines.append(f"- row max, `exp(z - max)` and row sums alone (the arithmetic of every softmax "
+                   f"cross-entropy forward), float32 {floor['batch']}x{floor['classes']}: "
+                   f"{floor['milliseconds']:.3g} ms")
     lines.append("")
   lines += _loss_tables(benchmarks, stream)
   lines += _training_table(benchmarks, matmul)

@@ -103,6 +103,30 @@ def test_fresh_output_write(benchmark, full, session_cache):
                                "gb_per_s": 2 * data.nbytes / seconds / 1e9, **device_facts()})
 
 
+def _large_shapes(config):
+  return [shape for shape in loss_shapes(config) if np.prod(shape) >= 4e6] or loss_shapes(config)[-1:]
+
+
+@pytest.mark.parametrize("shape_index", [0, 1])
+def test_exp_sum_floor(benchmark, shape_index, full, request):
+  """The arithmetic every softmax cross-entropy forward does, alone: row max,
+  exp(z - max), row sums. Its time is the floor of the forward at that shape."""
+  shapes = _large_shapes(request.config)
+  if shape_index >= len(shapes):
+    pytest.skip("one large shape in smoke mode")
+  shape = shapes[shape_index]
+  skip_if_too_big(4 * int(np.prod(shape)) * 2)
+  logits, _ = random_inputs(shape, jnp.float32)
+  exp_sum = lambda z: jnp.sum(jnp.exp(z - jnp.max(z, axis=-1, keepdims=True)), axis=-1)
+  compiled = jax.jit(exp_sum).lower(logits).compile()
+  benchmark.group = "machine"
+  pedantic(benchmark, compiled, (logits,), full=full, rounds=5)
+  benchmark.extra_info.update({"measure": "exp_sum_floor", "batch": shape[0],
+                               "classes": shape[1],
+                               "milliseconds": median_seconds(benchmark) * 1e3,
+                               **device_facts()})
+
+
 def test_loss_throughput(benchmark, loss_case, full, session_cache):
   name, shape, dtype, mode, impl = loss_case
   spec = losses.spec(name)

@@ -16,6 +16,8 @@ def test_report_pairs_lossjax_with_optax_and_reports_ratios(tmp_path):
              _bench("test_stream_read_bandwidth", 0.01, measure="stream_read", gb_per_s=20.0, **facts),
              _bench("test_fresh_output_write", 0.07, measure="fresh_output_write", batch=65536,
                     classes=1000, milliseconds=70.0, gb_per_s=7.5, **facts),
+             _bench("test_exp_sum_floor[0]", 0.0036, measure="exp_sum_floor", batch=256,
+                    classes=32000, milliseconds=3.6, **facts),
              _bench("test_loss_throughput[a]", 0.004, loss="cross_entropy", impl="optax", mode="forward",
                     batch=4096, classes=1000, dtype="float32", gb_per_s=4.0, **facts),
              _bench("test_loss_throughput[b]", 0.002, loss="cross_entropy", impl="lossjax", mode="forward",
@@ -27,6 +29,9 @@ def test_report_pairs_lossjax_with_optax_and_reports_ratios(tmp_path):
   assert "TestCPU" in text
   assert "| `cross_entropy` | 2 / 4 (2.00x); 8.0 GB/s (40%) |" in text
   assert "fresh output, z float32 65536x1000: 70 ms (7.5 GB/s read + written)" in text
+  machine_section = text[:text.index("### Loss")]
+  assert "cross-entropy forward), float32 256x32000: 3.6 ms" in machine_section
+  assert "fresh output" in machine_section
 
 
 def test_training_table_gives_the_engine_its_ratio_to_every_reference(tmp_path):
