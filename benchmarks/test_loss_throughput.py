@@ -137,7 +137,7 @@ def test_loss_throughput(benchmark, loss_case, full, session_cache):
   compiled = _program(fn, mode).lower(logits, labels).compile()
   benchmark.group = f"{name} {mode} {shape[0]}x{shape[1]} {dtype}"
   pedantic(benchmark, compiled, (logits, labels), full=full,
-           rounds=3 if np.prod(shape) >= 4e6 else 20)
+           rounds=5 if np.prod(shape) >= 4e6 else 20)
   seconds = median_seconds(benchmark)
   touched = _bytes_touched(logits, labels, mode)
   key = (name, shape, dtype, mode)
