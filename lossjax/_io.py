@@ -15,5 +15,10 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> pathlib.Path:
   with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
     f.write(text)
     temporary = f.name
+  # mkstemp makes the file private (0600); a result file gets the permissions
+  # an ordinary open() would give it.
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(temporary, 0o666 & ~umask)
   os.replace(temporary, path)
   return path
