@@ -253,17 +253,21 @@ class _Program:
     return jax.vmap(one)(epochs, positions)
 
   def train_step(self, run_state, learning_rate, step, x, y):
+    """One SGD-family step. A step whose loss or gradient is NaN/inf is not
+    taken: the run is marked diverged and keeps its last finite parameters
+    and optimizer state from then on. Checking the gradient rather than the
+    new parameters lets the update and the freeze be one pass over them."""
     params, opt_state = run_state["params"], run_state["opt_state"]
     loss, grads = jax.value_and_grad(self.batch_loss)(params, x, y, step)
+    finite = jnp.isfinite(loss)
+    for leaf in jax.tree.leaves(grads):
+      finite &= jnp.all(jnp.isfinite(leaf))
+    diverged = run_state["diverged"] | ~finite
     updates, new_opt_state = self.base_optimizer.update(grads, opt_state, params)
     scale = learning_rate * self.schedule(step)
-    new_params = jax.tree.map(lambda p, u: p + scale * u, params, updates)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.array(
-        [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_params)]))
-    diverged = run_state["diverged"] | ~finite
     keep_old = lambda old, new: jnp.where(diverged, old, new)
     return {**run_state,
-            "params": jax.tree.map(keep_old, params, new_params),
+            "params": jax.tree.map(lambda p, u: keep_old(p, p + scale * u), params, updates),
             "opt_state": jax.tree.map(keep_old, opt_state, new_opt_state),
             "diverged": diverged,
             "diverged_at": jnp.where(diverged & ~run_state["diverged"], step,

@@ -162,3 +162,22 @@ def test_interval_batches_equal_the_step_by_step_epochs(digits, first, length):
   per_epoch = program.steps_per_epoch
   one_epoch = np.asarray(program.interval_batches(key, per_epoch, per_epoch))
   assert len(set(one_epoch.ravel())) == per_epoch * SMALL["batch_size"]  # no repeats
+
+
+def test_a_step_with_a_non_finite_gradient_is_not_taken(digits):
+  program = train._Program(train.TrainConfig(**SMALL), digits)
+  state = program.init(jax.random.key(0))
+  x = np.asarray(digits.x_train[:32]).copy()
+  y = np.asarray(digits.y_train[:32])
+  step = jax.jit(program.train_step)
+  good, loss = step(state, np.float32(0.1), np.int32(3), x, y)
+  assert np.isfinite(loss) and not good["diverged"]
+  x[0, 0] = np.nan  # one poisoned example: the loss and every gradient are NaN
+  bad, loss = step(good, np.float32(0.1), np.int32(4), x, y)
+  assert np.isnan(loss) and bad["diverged"] and int(bad["diverged_at"]) == 4
+  for kept, before in zip(jax.tree.leaves(bad["params"]), jax.tree.leaves(good["params"])):
+    np.testing.assert_array_equal(kept, before)
+  later, _ = step(bad, np.float32(0.1), np.int32(5), np.asarray(digits.x_train[:32]), y)
+  assert later["diverged"] and int(later["diverged_at"]) == 4  # frozen from then on
+  for kept, before in zip(jax.tree.leaves(later["params"]), jax.tree.leaves(good["params"])):
+    np.testing.assert_array_equal(kept, before)
