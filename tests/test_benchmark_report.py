@@ -28,6 +28,12 @@ def test_report_pairs_lossjax_with_optax_and_reports_ratios(tmp_path):
   text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
   assert "TestCPU" in text
   assert "| `cross_entropy` | 2 / 4 (2.00x); 8.0 GB/s (40%) |" in text
+  # The interleaved measurement, when the run has it, is the one shown.
+  run["benchmarks"][-1]["extra_info"].update(interleaved_ms=2.5, optax_interleaved_ms=5.0,
+                                             ratio_to_optax=2.0, bytes_touched=20_000_000)
+  source.write_text(json.dumps(run))
+  text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+  assert "| `cross_entropy` | 2.5 / 5 (2.00x); 8.0 GB/s (40%) |" in text
   assert "fresh output, z float32 65536x1000: 70 ms (7.5 GB/s read + written)" in text
   machine_section = text[:text.index("### Loss")]
   assert "cross-entropy forward), float32 256x32000: 3.6 ms" in machine_section
