@@ -226,8 +226,9 @@ class _Program:
   def interval_batches(self, data_key, first_step, length: int):
     """Batch indices `[length, batch]` of steps first_step .. first_step+length-1,
     drawn before the steps run: each epoch those steps touch is permuted once
-    (the same indices as `batch_indices`). Inside the scanned steps only a
-    gather remains, which is most of a small model's step time otherwise."""
+    (the same indices as `batch_indices`), and the scanned steps only gather.
+    (XLA:CPU's sort makes the permutations ~15% of a small model's chunk:
+    16 runs x 17 epochs of 1078 examples, ~40 ms.)"""
     per_epoch, size = self.steps_per_epoch, self.config.batch_size
     first_epoch = first_step // per_epoch
     # `length` consecutive steps touch at most this many epochs.
