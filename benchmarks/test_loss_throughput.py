@@ -14,8 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from benchmarks.conftest import (LOSS_SHAPES_FULL, LOSS_SHAPES_SMOKE, device_facts, loss_shapes,
-                                 median_seconds, pedantic, random_inputs, skip_if_too_big)
+from benchmarks.conftest import (device_facts, loss_shapes, median_seconds, pedantic,
+                                 random_inputs, skip_if_too_big)
 from lossjax import losses
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -92,11 +92,11 @@ def test_stream_read_bandwidth(benchmark, full, session_cache):
                                "gb_per_s": rate, **device_facts()})
 
 
-def test_fresh_output_write(benchmark, full, session_cache):
+def test_fresh_output_write(benchmark, full, request):
   """The floor of any value_and_grad: `2 * z` reads the largest logits and
   writes a gradient-sized array to a fresh buffer (on CPU every call's
   output is new memory, paid for in page faults)."""
-  shape = max(LOSS_SHAPES_FULL if full else LOSS_SHAPES_SMOKE, key=np.prod)
+  shape = max(loss_shapes(request.config), key=np.prod)
   skip_if_too_big(4 * int(np.prod(shape)) * 3)
   data = jax.device_put(np.ones(shape, np.float32))
   compiled = jax.jit(lambda z: 2 * z).lower(data).compile()

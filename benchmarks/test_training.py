@@ -61,6 +61,11 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("loss", losses.names("multiclass") if full else ["cross_entropy", "mse"])
 
 
+def _steps(case, full):
+  """The case's steps in a full run; 10 in a smoke run."""
+  return THROUGHPUT_CASES[case][3] if full else 10
+
+
 def _loop_inputs(case, steps):
   """Config, dataset, program and each step's batch indices (the engine's)."""
   config = _config(case, 1, steps, eval_interval=steps)
@@ -83,7 +88,7 @@ LOOP_BATCHES = ("device", "numpy")
 def test_python_loop_throughput(benchmark, case, batches, full, session_cache):
   """One run at a time: a jitted step (the engine's, bookkeeping included)
   called from a Python loop."""
-  steps = THROUGHPUT_CASES[case][3] if full else 10
+  steps = _steps(case, full)
   config, dataset, program, indices = _loop_inputs(case, steps)
   if batches == "device":
     x_train, y_train = jax.device_put(dataset.x_train), jax.device_put(dataset.y_train)
@@ -116,20 +121,21 @@ def test_pytorch_eager_throughput(benchmark, case, full, session_cache):
   torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install -e '.[torch]')")
   if jax.default_backend() != "cpu":
     pytest.skip("the PyTorch comparison is CPU to CPU")
-  steps = THROUGHPUT_CASES[case][3] if full else 10
+  steps = _steps(case, full)
   config, dataset, _, indices = _loop_inputs(case, steps)
-  widths = list(config.model.hidden) or [config.model.width] * config.model.depth
-  sizes = [int(np.prod(dataset.input_shape))] + widths
-  activation = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[config.model.activation]
-  layers = []
-  for a, b in zip(sizes[:-1], sizes[1:]):
-    layers += [torch.nn.Linear(a, b), activation()]
+  model = config.model
+  sizes = [int(np.prod(dataset.input_shape))] + models.hidden_widths(model.hidden, model.depth,
+                                                                      model.width)
+  activation = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[model.activation]
   x_train = torch.from_numpy(dataset.x_train.reshape(len(dataset.x_train), -1))
   y_train = torch.from_numpy(dataset.y_train.astype(np.int64))
   batch_list = [(x_train[i], y_train[i]) for i in torch.from_numpy(indices.astype(np.int64))]
 
   def loop():
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # a fresh model each round, as the JAX loop's program.init
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+      layers += [torch.nn.Linear(a, b), activation()]
     model = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-1], dataset.num_classes))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     for x, y in batch_list:
@@ -154,7 +160,7 @@ def test_pytorch_eager_throughput(benchmark, case, full, session_cache):
 
 @pytest.mark.parametrize("case", list(THROUGHPUT_CASES))
 def test_engine_throughput(benchmark, case, runs, full, session_cache):
-  steps = THROUGHPUT_CASES[case][3] if full else 10
+  steps = _steps(case, full)
   config = _config(case, runs, steps, eval_interval=steps)
   trainer = train.Trainer(config, dataset=_dataset(config.dataset))
   benchmark.group = f"training {case}"

@@ -21,6 +21,11 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+def hidden_widths(hidden: tuple[int, ...], depth: int, width: int) -> list[int]:
+  """The MLP's hidden layer widths: `hidden` when given, else `depth` x `width`."""
+  return list(hidden) or [width] * depth
+
+
 def _kernel_init(init_scale: float):
   base = nnx.initializers.lecun_normal()
   return lambda key, shape, dtype=jnp.float32: init_scale * base(key, shape, dtype)
@@ -33,7 +38,7 @@ class MLP(nnx.Module):
                width: int = 256, hidden: tuple[int, ...] = (), activation: str = "relu",
                init_scale: float = 1.0, rngs: nnx.Rngs):
     init = _kernel_init(init_scale)
-    sizes = [in_features] + (list(hidden) or [width] * depth)
+    sizes = [in_features] + hidden_widths(hidden, depth, width)
     self.hidden = nnx.List([nnx.Linear(a, b, kernel_init=init, rngs=rngs)
                             for a, b in zip(sizes[:-1], sizes[1:])])
     self.out = nnx.Linear(sizes[-1], num_classes, kernel_init=init, rngs=rngs)
@@ -202,7 +207,7 @@ def build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -
 def _forward_flops(config: ModelConfig, input_shape, num_classes: int) -> int:
   """2 x multiply-adds of one forward pass (dense and conv layers only)."""
   if config.name == "mlp":
-    hidden = list(config.hidden) or [config.width] * config.depth
+    hidden = hidden_widths(config.hidden, config.depth, config.width)
     sizes = [math.prod(input_shape)] + hidden + [num_classes]
     return 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
   height, wide, depth = input_shape

@@ -241,8 +241,9 @@ class _Program:
     return permutations[rows[:, None], columns]
 
   def batch_indices(self, data_key, steps):
-    """Indices of each of `steps`' batches (a fresh permutation each epoch);
-    the same indices `next_batch` draws one step at a time."""
+    """Indices of each of `steps`' batches (a fresh permutation each epoch),
+    step by step: the reference for `interval_batches`, and the batches of
+    the benchmarks' per-step loops."""
     epochs = steps // self.steps_per_epoch
     positions = steps % self.steps_per_epoch
     size = self.config.batch_size
