@@ -34,6 +34,12 @@ def brier(logits, labels) -> Array:
   return jnp.mean(jnp.sum(jnp.square(probs - one_hot), axis=-1))
 
 
+def confidence_bins(confidence, num_bins: int) -> Array:
+  """The equal-width bin of each confidence: bins are (k/n, (k+1)/n], and a
+  confidence of 1.0 belongs to the last one."""
+  return jnp.clip(jnp.ceil(confidence * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
+
+
 def expected_calibration_error(logits, labels, num_bins: int = 15) -> Array:
   """ECE with `num_bins` equal-width confidence bins (Guo et al. 2017).
 
@@ -43,8 +49,7 @@ def expected_calibration_error(logits, labels, num_bins: int = 15) -> Array:
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   confidence = jnp.max(probs, axis=-1)
   correct = (jnp.argmax(probs, axis=-1) == labels).astype(jnp.float32)
-  # Bins are (k/n, (k+1)/n]; confidence 1.0 belongs to the last one.
-  bins = jnp.clip(jnp.ceil(confidence * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
+  bins = confidence_bins(confidence, num_bins)
   gap = jax.ops.segment_sum(correct - confidence, bins, num_segments=num_bins)
   return jnp.sum(jnp.abs(gap)) / labels.shape[0]
 

@@ -142,7 +142,7 @@ def _reliability(logits: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict
   shifted = logits - logits.max(-1, keepdims=True)
   probs = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
   confidence, predicted = probs.max(-1), probs.argmax(-1)
-  index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+  index = np.asarray(metrics.confidence_bins(confidence, bins))
   counts = np.bincount(index, minlength=bins)
   correct = np.bincount(index, weights=(predicted == labels), minlength=bins)
   conf = np.bincount(index, weights=confidence, minlength=bins)
