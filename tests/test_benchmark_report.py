@@ -59,3 +59,32 @@ def test_training_table_gives_the_engine_its_ratio_to_every_reference(tmp_path):
   text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
   assert "| digits-mlp | engine | 16 | 500 | 40000 | 5.0x | 20.0x | 10.0x | 50.0 | 25% | 4.0 |" in text
   assert "| digits-mlp | pytorch_eager | 1 | 500 | 4000 | — | — | — | — | — | — |" in text
+
+
+def test_parts_of_a_run_render_as_one_and_an_interrupted_test_is_left_out(tmp_path):
+  facts = dict(backend="gpu", device_kind="NVIDIA H200", device_count=1, jax_version="x")
+  head = {"datetime": "2026-11-29T00:00:00", "machine_info": {"cpu": {"brand_raw": "HostCPU"}},
+          "commit_info": {"id": "abc"}}
+  loss = {**head, "benchmarks": [
+      _bench("test_loss_throughput[a]", 0.004, loss="cross_entropy", impl="lossjax",
+             mode="forward", batch=128, classes=10, dtype="float32", gb_per_s=1.0, **facts),
+      # Timed, then interrupted before its facts were recorded: no row, no crash.
+      _bench("test_loss_throughput[b]", 0.002),
+  ]}
+  training = {**head, "benchmarks": [
+      _bench("test_matmul_rate", 0.001, measure="matmul", gflop_per_s=50000.0, **facts),
+      _bench("test_engine_throughput[e]", 1.0, impl="engine", runs=16, case="digits-mlp",
+             steps=500, run_steps_per_s=40000.0, **facts),
+  ]}
+  parts = [tmp_path / "loss.json", tmp_path / "train.json"]
+  for path, run in zip(parts, (loss, training)):
+    path.write_text(json.dumps(run))
+  destination = tmp_path / "GPU.md"
+  assert report.main([str(parts[0]), str(parts[1]), str(destination)]) == 0
+  text = destination.read_text()
+  assert "backend `gpu` (NVIDIA H200" in text
+  assert "| `cross_entropy` | 4 |" in text
+  assert "float32 matmul 2048x2048: 50000 GFLOP/s" in text
+  assert "| digits-mlp | engine | 16 | 500 | 40000 |" in text
+  assert "### Steps to test accuracy" not in text  # no such entries: no empty table
+  assert report.main([str(parts[0]), "a.md", "b.md"]) == 2
