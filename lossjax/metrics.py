@@ -49,8 +49,11 @@ def expected_calibration_error(logits, labels, num_bins: int = 15) -> Array:
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   confidence = jnp.max(probs, axis=-1)
   correct = (jnp.argmax(probs, axis=-1) == labels).astype(jnp.float32)
-  bins = confidence_bins(confidence, num_bins)
-  gap = jax.ops.segment_sum(correct - confidence, bins, num_segments=num_bins)
+  in_bin = confidence_bins(confidence, num_bins)[:, None] == jnp.arange(num_bins)[None, :]
+  # A masked sum, not a scatter-add (segment_sum): on a GPU the scatter's
+  # float additions come in a varying order, so the same run gave ECEs
+  # differing in the 8th digit.
+  gap = jnp.sum(jnp.where(in_bin, (correct - confidence)[:, None], 0.0), axis=0)
   return jnp.sum(jnp.abs(gap)) / labels.shape[0]
 
 
