@@ -1,0 +1,104 @@
+"""Where a cross-entropy's time goes: lossjax, its pieces and optax, called alternately.
+
+  python -m benchmarks.ce_probe [--dtype bfloat16] [--shapes large|small] [--rounds 50] [OUT.json]
+
+Every variant computes the mean integer-label cross-entropy (and, with
+value_and_grad, its gradient) of the same logits; all are compiled first and
+then called one after another in each round, so they see the same machine
+state; the table gives each one's median ms per call. Variants:
+
+- `lossjax`: the library (label checks, float32 arithmetic, log-normaliser
+  chosen per backend);
+- `no_label_check`: the same without the label-validity selects;
+- `fill_gather`: invalid labels made NaN by the gather itself
+  (`take_along_axis(mode="fill", fill_value=nan)`), no selects;
+- `no_platform_switch`: `no_label_check` with the default (GPU/TPU)
+  log-normaliser forced, no `lax.platform_dependent`;
+- `optax`: optax in the logits' dtype; `optax_f32`: optax on the logits cast
+  to float32 inside the program (lossjax's arithmetic dtype).
+
+For bfloat16 logits, lossjax ≈ optax_f32 means a gap to optax is the cost of
+float32 arithmetic; lossjax > no_label_check, the cost of the label checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks.conftest import LOSS_SHAPES_FULL, device_facts, random_inputs
+from lossjax import _softmax, losses
+
+f32 = lambda z: z.astype(jnp.float32)
+
+VARIANTS = {
+    "lossjax": losses.softmax_cross_entropy_with_integer_labels,
+    "no_label_check": lambda z, y: _softmax.log_normalizer(f32(z)) - _softmax.take_class(f32(z), y),
+    "fill_gather": lambda z, y: _softmax.log_normalizer(f32(z)) - jnp.take_along_axis(
+        f32(z), y[:, None], axis=-1, mode="fill", fill_value=jnp.nan)[:, 0],
+    "no_platform_switch": lambda z, y: (_softmax.log_normalizer(f32(z), platform="default")
+                                        - _softmax.take_class(f32(z), y)),
+    "optax": optax.softmax_cross_entropy_with_integer_labels,
+    "optax_f32": lambda z, y: optax.softmax_cross_entropy_with_integer_labels(f32(z), y),
+}
+
+
+def _program(fn, mode):
+  mean = lambda z, y: jnp.mean(fn(z, y).astype(jnp.float32))
+  return jax.jit(mean if mode == "forward" else jax.value_and_grad(mean))
+
+
+def probe(shape, dtype, mode, rounds: int) -> dict:
+  """Median ms per call of every variant at one shape, dtype and mode."""
+  args = random_inputs(shape, jnp.dtype(dtype))
+  calls = {name: _program(fn, mode).lower(*args).compile() for name, fn in VARIANTS.items()}
+  reference = float(calls["no_label_check"](*args)[0] if mode != "forward"
+                    else calls["no_label_check"](*args))
+  times = {name: [] for name in calls}
+  for _ in range(rounds + 3):  # the first 3 rounds: warm-up, not counted
+    for name, compiled in calls.items():
+      started = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      times[name].append(time.perf_counter() - started)
+  for name, compiled in calls.items():  # every variant computes the same loss
+    value = compiled(*args) if mode == "forward" else compiled(*args)[0]
+    np.testing.assert_allclose(float(value), reference, rtol=2e-2, err_msg=name)
+  return {name: float(np.median(t[3:])) * 1e3 for name, t in times.items()}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.ce_probe", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+  parser.add_argument("--shapes", default="large", choices=("large", "small"),
+                      help="the benchmark's three largest shapes, or its three smallest")
+  parser.add_argument("--rounds", type=int, default=50)
+  parser.add_argument("out", nargs="?", help="write the medians to this JSON file")
+  args = parser.parse_args(argv)
+  ordered = sorted(LOSS_SHAPES_FULL, key=np.prod)
+  shapes = ordered[-3:] if args.shapes == "large" else ordered[:3]
+  print(f"median ms per call, {args.dtype} logits, {args.rounds} alternating rounds, "
+        f"{jax.default_backend()}")
+  print(f"{'shape':>12} {'mode':>15} " + " ".join(f"{n:>18}" for n in VARIANTS))
+  rows = []
+  for shape in shapes:
+    for mode in ("forward", "value_and_grad"):
+      ms = probe(shape, args.dtype, mode, args.rounds)
+      rows.append({"batch": shape[0], "classes": shape[1], "mode": mode, "ms": ms})
+      print(f"{shape[0]:>6}x{shape[1]:<5} {mode:>15} "
+            + " ".join(f"{ms[n]:>18.4g}" for n in VARIANTS), flush=True)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump({"facts": device_facts(), "dtype": args.dtype, "rounds": args.rounds,
+                 "rows": rows}, f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
