@@ -34,3 +34,26 @@ def test_cpu_rounding_is_the_identity_in_float64():
 def test_unknown_platform_is_named():
   with pytest.raises(ValueError, match="`platform` must be"):
     _softmax.log_normalizer(jnp.zeros((2, 3)), platform="tpu")
+
+
+def test_take_class_derivatives_match_the_gather_in_both_modes(rng):
+  values = jnp.asarray(rng.normal(size=(5, 2, 7)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 7, size=(5, 2)), jnp.int32)
+  tangent = jnp.asarray(rng.normal(size=values.shape), jnp.float32)
+  gather = lambda v: jnp.take_along_axis(v, labels[..., None], axis=-1)[..., 0]
+  out, d_out = jax.jvp(lambda v: _softmax.take_class(v, labels), (values,), (tangent,))
+  np.testing.assert_array_equal(out, gather(values))
+  np.testing.assert_array_equal(d_out, gather(tangent))
+  weights = jnp.asarray(rng.normal(size=labels.shape), jnp.float32)
+  grad = jax.grad(lambda v: jnp.sum(weights * _softmax.take_class(v, labels)))(values)
+  np.testing.assert_array_equal(grad, jax.grad(lambda v: jnp.sum(weights * gather(v)))(values))
+  second = jax.hessian(lambda v: jnp.sum(_softmax.take_class(v, labels[0]) ** 2))(values[0])
+  assert np.count_nonzero(np.asarray(second)) == 2 and float(second.max()) == 2.0  # one per row
+
+
+def test_cross_entropy_gradient_has_no_scatter():
+  """The gradient of the picked logit is a select fused into the backward
+  pass, not a scatter into a zero buffer the size of the logits."""
+  loss = lambda z, y: jnp.mean(_softmax.log_normalizer(z) - _softmax.take_class(z, y))
+  hlo = jax.jit(jax.grad(loss)).lower(jnp.zeros((8, 5)), jnp.zeros(8, jnp.int32)).as_text()
+  assert "scatter" not in hlo
