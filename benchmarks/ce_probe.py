@@ -8,17 +8,17 @@ then called one after another in each round, so they see the same machine
 state; the table gives each one's median ms per call. Variants:
 
 - `lossjax`: the library (label checks, float32 arithmetic, log-normaliser
-  chosen per backend);
+  chosen per backend, the picked logit's gradient as a select);
 - `no_label_check`: the same without the label-validity selects;
-- `fill_gather`: invalid labels made NaN by the gather itself
-  (`take_along_axis(mode="fill", fill_value=nan)`), no selects;
-- `no_platform_switch`: `no_label_check` with the default (GPU/TPU)
-  log-normaliser forced, no `lax.platform_dependent`;
+- `gather_autodiff`: `no_label_check` with the picked logit taken by a plain
+  `take_along_axis`, whose gradient autodiff forms as a scatter into a
+  logits-sized zero buffer (lossjax before it got its own derivative);
 - `optax`: optax in the logits' dtype; `optax_f32`: optax on the logits cast
   to float32 inside the program (lossjax's arithmetic dtype).
 
 For bfloat16 logits, lossjax ≈ optax_f32 means a gap to optax is the cost of
-float32 arithmetic; lossjax > no_label_check, the cost of the label checks.
+float32 arithmetic; lossjax > no_label_check, the cost of the label checks;
+gather_autodiff vs no_label_check, what the select-gradient saves.
 """
 
 from __future__ import annotations
@@ -40,10 +40,8 @@ f32 = lambda z: z.astype(jnp.float32)
 VARIANTS = {
     "lossjax": losses.softmax_cross_entropy_with_integer_labels,
     "no_label_check": lambda z, y: _softmax.log_normalizer(f32(z)) - _softmax.take_class(f32(z), y),
-    "fill_gather": lambda z, y: _softmax.log_normalizer(f32(z)) - jnp.take_along_axis(
-        f32(z), y[:, None], axis=-1, mode="fill", fill_value=jnp.nan)[:, 0],
-    "no_platform_switch": lambda z, y: (_softmax.log_normalizer(f32(z), platform="default")
-                                        - _softmax.take_class(f32(z), y)),
+    "gather_autodiff": lambda z, y: _softmax.log_normalizer(f32(z)) - jnp.take_along_axis(
+        f32(z), y[:, None], axis=-1)[:, 0],
     "optax": optax.softmax_cross_entropy_with_integer_labels,
     "optax_f32": lambda z, y: optax.softmax_cross_entropy_with_integer_labels(f32(z), y),
 }
