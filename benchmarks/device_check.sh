@@ -14,7 +14,8 @@
 #   3. the README's done-when command (mnist5k, 8 seeds x 2 rates, 2000 steps);
 #   4. the test suite, on the GPU.
 # Everything lands in $OUT: env.txt, loss.json, train.json, cli.json, tests.txt.
-# `python -m benchmarks.report` renders a JSON (see results/GPU.md).
+# `python -m benchmarks.report loss.json train.json GPU.md` renders the two as
+# one run (results/GPU.md; results/gpu/README.md tells how it was measured).
 set -u
 : "${OUT:?set OUT to the folder for the results}"
 cd "$(dirname "$0")/.."

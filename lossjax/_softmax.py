@@ -61,8 +61,9 @@ def take_class(values: Array, labels: Array) -> Array:
   gradient flows back as an elementwise select that XLA fuses with the rest
   of the backward pass. The transpose of the gather itself is a scatter into
   a zero buffer the size of `values`: one more full pass over memory, and
-  in float32 even for bfloat16 logits (measured: bfloat16 value_and_grad of
-  the mean cross-entropy at (65536, 1000) on 2 CPU cores, 384 -> 260 ms).
+  in float32 even for bfloat16 logits (bfloat16 value_and_grad of the mean
+  cross-entropy on 2 CPU cores, in the committed benchmark runs before and
+  after: 34 -> 7.5 ms at (256, 32000), 251 -> 160 ms at (65536, 1000)).
   """
   return jnp.take_along_axis(values, labels[..., None], axis=-1)[..., 0]
 
