@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.conftest import LOSS_SHAPES_FULL, device_facts, random_inputs
+from benchmarks.conftest import (LOSS_SHAPES_FULL, device_facts, interleaved_medians,
+                                 loss_program, random_inputs)
 from lossjax import _softmax, losses
 
 f32 = lambda z: z.astype(jnp.float32)
@@ -47,27 +47,17 @@ VARIANTS = {
 }
 
 
-def _program(fn, mode):
-  mean = lambda z, y: jnp.mean(fn(z, y).astype(jnp.float32))
-  return jax.jit(mean if mode == "forward" else jax.value_and_grad(mean))
-
-
 def probe(shape, dtype, mode, rounds: int) -> dict:
   """Median ms per call of every variant at one shape, dtype and mode."""
   args = random_inputs(shape, jnp.dtype(dtype))
-  calls = {name: _program(fn, mode).lower(*args).compile() for name, fn in VARIANTS.items()}
+  calls = {name: loss_program(fn, mode).lower(*args).compile() for name, fn in VARIANTS.items()}
   reference = float(calls["no_label_check"](*args)[0] if mode != "forward"
                     else calls["no_label_check"](*args))
-  times = {name: [] for name in calls}
-  for _ in range(rounds + 3):  # the first 3 rounds: warm-up, not counted
-    for name, compiled in calls.items():
-      started = time.perf_counter()
-      jax.block_until_ready(compiled(*args))
-      times[name].append(time.perf_counter() - started)
+  seconds = interleaved_medians(calls, args, rounds, warmup=3)
   for name, compiled in calls.items():  # every variant computes the same loss
     value = compiled(*args) if mode == "forward" else compiled(*args)[0]
     np.testing.assert_allclose(float(value), reference, rtol=2e-2, err_msg=name)
-  return {name: float(np.median(t[3:])) * 1e3 for name, t in times.items()}
+  return {name: s * 1e3 for name, s in seconds.items()}
 
 
 def main(argv=None) -> int:

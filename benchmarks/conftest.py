@@ -1,8 +1,10 @@
 """Shared benchmark helpers: sizes by mode, machine facts, JAX-correct timing."""
 
 import os
+import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -54,6 +56,25 @@ def pedantic(benchmark, compiled, args, *, full: bool, rounds: int = 5, warmup: 
   if warmup:
     run()  # untimed: first-call costs (allocation, thread start) stay out
   return benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1 if warmup else 0)
+
+
+def loss_program(fn, mode: str):
+  """The jitted mean of a per-example loss ("forward") or its value_and_grad."""
+  mean_loss = lambda z, y: jnp.mean(fn(z, y).astype(jnp.float32))
+  return jax.jit(mean_loss if mode == "forward" else jax.value_and_grad(mean_loss))
+
+
+def interleaved_medians(calls: dict, args, rounds: int, warmup: int = 0) -> dict:
+  """Median seconds of each compiled call, the calls made one after another in
+  every round so that all see the same machine state (a shared machine
+  drifts between tests); the first `warmup` rounds are not counted."""
+  times = {name: [] for name in calls}
+  for _ in range(warmup + rounds):
+    for name, compiled in calls.items():
+      started = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      times[name].append(time.perf_counter() - started)
+  return {name: float(np.median(t[warmup:])) for name, t in times.items()}
 
 
 def median_seconds(benchmark) -> float:

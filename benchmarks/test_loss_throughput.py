@@ -6,16 +6,14 @@ programs alternately: that ratio (optax time / lossjax time, > 1 means
 lossjax is faster) goes into ``extra_info``, as the tables show it.
 """
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from benchmarks.conftest import (device_facts, loss_shapes, median_seconds, pedantic,
-                                 random_inputs, skip_if_too_big)
+from benchmarks.conftest import (device_facts, interleaved_medians, loss_program, loss_shapes,
+                                 median_seconds, pedantic, random_inputs, skip_if_too_big)
 from lossjax import losses
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -65,11 +63,6 @@ def _inputs(shape, dtype, kind):
       del _INPUTS[old]
     _INPUTS[key] = random_inputs(shape, DTYPES[dtype], kind=kind)
   return _INPUTS[key]
-
-
-def _program(fn, mode):
-  mean_loss = lambda z, y: jnp.mean(fn(z, y).astype(jnp.float32))
-  return jax.jit(mean_loss if mode == "forward" else jax.value_and_grad(mean_loss))
 
 
 def _bytes_touched(logits, labels, mode) -> int:
@@ -130,18 +123,6 @@ def test_exp_sum_floor(benchmark, floor_shape, full):
                                **device_facts()})
 
 
-def _interleaved_medians(first, second, args, pairs: int) -> tuple[float, float]:
-  """Median seconds of each of two compiled calls made alternately, so that
-  both see the same machine state (a shared machine drifts between tests)."""
-  times = ([], [])
-  for _ in range(pairs):
-    for compiled, record in ((first, times[0]), (second, times[1])):
-      started = time.perf_counter()
-      jax.block_until_ready(compiled(*args))
-      record.append(time.perf_counter() - started)
-  return float(np.median(times[0])), float(np.median(times[1]))
-
-
 def test_loss_throughput(benchmark, loss_case, full):
   name, shape, dtype, mode, impl = loss_case
   spec = losses.spec(name)
@@ -149,7 +130,7 @@ def test_loss_throughput(benchmark, loss_case, full):
   optax_fn = lambda z, y, _f=_optax_fn(spec): _f(z, y, **spec.hyperparameters)
   fn = spec.bind() if impl == "lossjax" else optax_fn
   logits, labels = _inputs(shape, dtype, spec.kind)
-  compiled = _program(fn, mode).lower(logits, labels).compile()
+  compiled = loss_program(fn, mode).lower(logits, labels).compile()
   benchmark.group = f"{name} {mode} {shape[0]}x{shape[1]} {dtype}"
   large = np.prod(shape) >= 4e6
   pedantic(benchmark, compiled, (logits, labels), full=full, rounds=5 if large else 20)
@@ -160,9 +141,10 @@ def test_loss_throughput(benchmark, loss_case, full):
           "optax_equivalent": spec.optax_equivalent, **device_facts()}
   if impl == "lossjax" and spec.optax_equivalent:
     # The ratio to optax: both programs called alternately in this test.
-    theirs = _program(optax_fn, mode).lower(logits, labels).compile()
-    ours_s, theirs_s = _interleaved_medians(compiled, theirs, (logits, labels),
-                                            pairs=(7 if large else 30) if full else 1)
-    info.update({"interleaved_ms": ours_s * 1e3, "optax_interleaved_ms": theirs_s * 1e3,
-                 "ratio_to_optax": theirs_s / ours_s})
+    theirs = loss_program(optax_fn, mode).lower(logits, labels).compile()
+    medians = interleaved_medians({"ours": compiled, "theirs": theirs}, (logits, labels),
+                                  rounds=(7 if large else 30) if full else 1)
+    info.update({"interleaved_ms": medians["ours"] * 1e3,
+                 "optax_interleaved_ms": medians["theirs"] * 1e3,
+                 "ratio_to_optax": medians["theirs"] / medians["ours"]})
   benchmark.extra_info.update(info)
