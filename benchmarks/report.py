@@ -98,6 +98,7 @@ def _loss_tables(benchmarks, stream) -> list[str]:
 
 def _training_table(benchmarks, matmul) -> list[str]:
   entries = [b["extra_info"] for b in _by_test(benchmarks, "test_engine_throughput", "run_steps_per_s")
+             + _by_test(benchmarks, "test_minimal_program", "run_steps_per_s")
              + _by_test(benchmarks, "test_python_loop", "run_steps_per_s")
              + _by_test(benchmarks, "test_pytorch_eager", "run_steps_per_s")]
   if not entries:
@@ -107,16 +108,20 @@ def _training_table(benchmarks, matmul) -> list[str]:
            "evaluation inside the program. Python loop: one run, the engine's jitted step per "
            "Python iteration, batches sliced on the device beforehand (`device`) or indexed from "
            "NumPy arrays every step (`numpy`). PyTorch eager: the same MLP, loss, SGD and "
-           "batches, one run at a time; runs one after another go at the same rate." +
+           "batches, one run at a time; runs one after another go at the same rate. Minimal "
+           "vmap+scan (MLPs): the same MLP, cross-entropy and SGD in plain JAX, runs vmapped and "
+           "steps scanned with no shuffling, evaluation or divergence checks: the floor under "
+           "the engine's bookkeeping." +
            (f" Matmul ceiling measured in this run: {matmul:.0f} GFLOP/s." if matmul else ""), "",
            "| case | impl | runs | steps | run-steps/s | vs loop (device) | vs loop (numpy) | "
            "vs PyTorch | GFLOP/s | of matmul rate | compile s |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
+  programs = ("engine", "minimal_vmap_scan")  # many runs in one program
   references = {(e["impl"], e["case"]): e["run_steps_per_s"] for e in entries
-                if e["impl"] != "engine"}
+                if e["impl"] not in programs}
   for e in sorted(entries, key=lambda e: (e["case"], e["impl"], e["runs"])):
     ratios = [e["run_steps_per_s"] / references[(impl, e["case"])]
-              if e["impl"] == "engine" and (impl, e["case"]) in references else None
+              if e["impl"] in programs and (impl, e["case"]) in references else None
               for impl in ("python_loop_device", "python_loop_numpy", "pytorch_eager")]
     lines.append(
         f"| {e['case']} | {e['impl']} | {e['runs']} | {e['steps']} | {e['run_steps_per_s']:.0f} | "
