@@ -183,6 +183,9 @@ def permutation(key: jax.Array, n: int, *, packed_max: int = PACKED_SHUFFLE_MAX)
   Above `packed_max` elements, where b gets small and the rounds many, it
   calls ``jax.random.permutation``.
   """
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+    raise ValueError(f"`n` must be a non-negative integer, got {n!r}.")
+  n = int(n)
   if n > packed_max:
     return jax.random.permutation(key, n).astype(jnp.int32)
   position_bits = max(1, (n - 1).bit_length())

@@ -212,6 +212,12 @@ def test_permutation_holds_every_index_once(n, packed_max):
     assert not np.array_equal(order, np.arange(n))
 
 
+@pytest.mark.parametrize("n", [-1, 2.0, "5", True])
+def test_permutation_names_a_bad_n(n):
+  with pytest.raises(ValueError, match="`n` must be a non-negative integer"):
+    train.permutation(jax.random.key(0), n)
+
+
 def test_permutation_is_uniform():
   # All 24 orders of 4 elements, 48,000 shuffles: chi-square against uniform.
   keys = jax.random.split(jax.random.key(0), 48_000)
