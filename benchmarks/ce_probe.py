@@ -51,12 +51,11 @@ def probe(shape, dtype, mode, rounds: int) -> dict:
   """Median ms per call of every variant at one shape, dtype and mode."""
   args = random_inputs(shape, jnp.dtype(dtype))
   calls = {name: loss_program(fn, mode).lower(*args).compile() for name, fn in VARIANTS.items()}
-  reference = float(calls["no_label_check"](*args)[0] if mode != "forward"
-                    else calls["no_label_check"](*args))
+  loss_value = lambda compiled: float(compiled(*args) if mode == "forward" else compiled(*args)[0])
+  reference = loss_value(calls["no_label_check"])
   seconds = interleaved_medians(calls, args, rounds, warmup=3)
   for name, compiled in calls.items():  # every variant computes the same loss
-    value = compiled(*args) if mode == "forward" else compiled(*args)[0]
-    np.testing.assert_allclose(float(value), reference, rtol=2e-2, err_msg=name)
+    np.testing.assert_allclose(loss_value(compiled), reference, rtol=2e-2, err_msg=name)
   return {name: s * 1e3 for name, s in seconds.items()}
 
 

@@ -126,10 +126,8 @@ def test_pytorch_eager_throughput(benchmark, case, full, session_cache):
     pytest.skip("the PyTorch comparison is CPU to CPU")
   steps = _steps(case, full)
   config, dataset, _, indices = _loop_inputs(case, steps)
-  model = config.model
-  sizes = [int(np.prod(dataset.input_shape))] + models.hidden_widths(model.hidden, model.depth,
-                                                                      model.width)
-  activation = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[model.activation]
+  sizes = models.mlp_layer_sizes(config.model, dataset.input_shape, dataset.num_classes)
+  activation = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[config.model.activation]
   x_train = torch.from_numpy(dataset.x_train.reshape(len(dataset.x_train), -1))
   y_train = torch.from_numpy(dataset.y_train.astype(np.int64))
   batch_list = [(x_train[i], y_train[i]) for i in torch.from_numpy(indices.astype(np.int64))]
@@ -137,9 +135,9 @@ def test_pytorch_eager_throughput(benchmark, case, full, session_cache):
   def loop():
     torch.manual_seed(0)  # a fresh model each round, as the JAX loop's program.init
     layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in zip(sizes[:-2], sizes[1:-1]):
       layers += [torch.nn.Linear(a, b), activation()]
-    model = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-1], dataset.num_classes))
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-2], sizes[-1]))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     for x, y in batch_list:
       optimizer.zero_grad(set_to_none=True)
@@ -169,10 +167,8 @@ def test_minimal_program_throughput(benchmark, case, runs, full):
   issue's "vmap over runs + scan over steps" reference)."""
   steps = _steps(case, full)
   config, dataset, _, indices = _loop_inputs(case, steps)
-  model = config.model
-  sizes = ([int(np.prod(dataset.input_shape))]
-           + models.hidden_widths(model.hidden, model.depth, model.width) + [dataset.num_classes])
-  activation = models.ACTIVATIONS[model.activation]
+  sizes = models.mlp_layer_sizes(config.model, dataset.input_shape, dataset.num_classes)
+  activation = models.ACTIVATIONS[config.model.activation]
   x_train = jax.device_put(dataset.x_train.reshape(len(dataset.x_train), -1))
   y_train = jax.device_put(dataset.y_train)
 

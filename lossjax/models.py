@@ -204,11 +204,16 @@ def build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -
   return ModelFns(init, apply, _forward_flops(config, input_shape, num_classes))
 
 
+def mlp_layer_sizes(config: ModelConfig, input_shape, num_classes: int) -> list[int]:
+  """An MLP config's layer sizes, flattened input to logits: `[in, *hidden, C]`."""
+  return ([math.prod(input_shape)] + hidden_widths(config.hidden, config.depth, config.width)
+          + [num_classes])
+
+
 def _forward_flops(config: ModelConfig, input_shape, num_classes: int) -> int:
   """2 x multiply-adds of one forward pass (dense and conv layers only)."""
   if config.name == "mlp":
-    hidden = hidden_widths(config.hidden, config.depth, config.width)
-    sizes = [math.prod(input_shape)] + hidden + [num_classes]
+    sizes = mlp_layer_sizes(config, input_shape, num_classes)
     return 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
   height, wide, depth = input_shape
   c1, c2 = 6, 16

@@ -108,8 +108,8 @@ def test_bad_config_is_named():
 _SHARDED_SCRIPT = """
 import json, sys, jax
 from lossjax import models, train
-config = train.TrainConfig(**json.loads(sys.argv[1])
-                           | {"model": models.ModelConfig(width=32, activation="tanh")})
+options = json.loads(sys.argv[1])
+config = train.TrainConfig(**options | {"model": models.ModelConfig(**options["model"])})
 history = train.train(config)
 print(json.dumps({"devices": jax.device_count(), "acc": history.metrics["test_accuracy"].tolist(),
                   "loss": history.metrics["train_loss"].tolist()}))
@@ -134,12 +134,12 @@ def test_eight_simulated_devices_give_the_one_device_result():
   # rounding level; with ReLU a pre-activation that rounds to the other side
   # of 0 changes the gradient outright (seed 3 at lr 0.05: 3e-3 apart after
   # 100 steps).
-  options = {k: v for k, v in SMALL.items() if k != "model"}
-  options = {**options, "seeds": [0, 1, 2, 3], "learning_rates": [0.05, 0.2]}
+  options = {**SMALL, "seeds": [0, 1, 2, 3], "learning_rates": [0.05, 0.2],
+             "model": {"width": 32, "activation": "tanh"}}
   sharded = _train_on_cpu(options, 8)
   if jax.default_backend() == "cpu":
-    history = train.train(train.TrainConfig(**{
-        **SMALL, "seeds": (0, 1, 2, 3), "model": models.ModelConfig(width=32, activation="tanh")}))
+    history = train.train(train.TrainConfig(
+        **options | {"model": models.ModelConfig(**options["model"])}))
     single = {"acc": history.metrics["test_accuracy"], "loss": history.metrics["train_loss"]}
   else:  # an accelerator's numbers differ from the CPU's: the reference runs on the CPU too
     single = _train_on_cpu(options, 1)
