@@ -9,11 +9,15 @@
 # Phases, each under its own time limit (SIGINT, so pytest still writes its
 # JSON and summary):
 #   1. loss throughput beside optax for the log-normaliser losses
-#      (cross-entropy, poly-1, label smoothing, focal) at the benchmark shapes;
-#   2. training throughput: matmul rate, per-step Python loop, engine;
+#      (cross-entropy, poly-1, label smoothing, focal) at the benchmark shapes
+#      (LIMIT_LOSS=0 skips it);
+#   2. training throughput: matmul rate, per-step Python loop, the minimal
+#      vmap+scan program, engine; then the shuffle probe (lossjax's
+#      permutation vs jax.random's, at the digits engine's and at 60,000);
 #   3. the README's done-when command (mnist5k, 8 seeds x 2 rates, 2000 steps);
 #   4. the test suite, on the GPU.
-# Everything lands in $OUT: env.txt, loss.json, train.json, cli.json, tests.txt.
+# Everything lands in $OUT: env.txt, loss.json, train.json, shuffle*.json, cli.json,
+# tests.txt.
 # `python -m benchmarks.report loss.json train.json GPU.md` renders the two as
 # one run (results/GPU.md; results/gpu/README.md tells how it was measured).
 set -u
@@ -23,7 +27,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 LIMIT_LOSS=${LIMIT_LOSS:-150} LIMIT_TRAIN=${LIMIT_TRAIN:-140} LIMIT_TESTS=${LIMIT_TESTS:-140}
 LOSS_K=${LOSS_K:-"(cross_entropy and not binary) or poly1 or label_smoothing or (focal and not binary) or stream or fresh or exp_sum"}
-TRAIN_K=${TRAIN_K:-"matmul or loop or engine"}
+TRAIN_K=${TRAIN_K:-"matmul or loop or minimal or engine"}
 
 phase() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
 limited() { local seconds=$1; shift; timeout -s INT -k 20 "$seconds" "$@"; echo "exit $?"; }
@@ -48,14 +52,18 @@ EOF
 } 2>&1 | tee "$OUT/env.txt"
 
 phase "1. loss throughput"
-limited "$LIMIT_LOSS" $PY -m pytest -q -p no:cacheprovider --benchmark-only \
-  benchmarks/test_loss_throughput.py -k "$LOSS_K" --benchmark-json "$OUT/loss.json" \
-  --benchmark-columns=median,rounds
+if [ "$LIMIT_LOSS" != 0 ]; then
+  limited "$LIMIT_LOSS" $PY -m pytest -q -p no:cacheprovider --benchmark-only \
+    benchmarks/test_loss_throughput.py -k "$LOSS_K" --benchmark-json "$OUT/loss.json" \
+    --benchmark-columns=median,rounds
+fi
 
 phase "2. training throughput"
 limited "$LIMIT_TRAIN" $PY -m pytest -q -p no:cacheprovider --benchmark-only \
   benchmarks/test_training.py -k "$TRAIN_K" --benchmark-json "$OUT/train.json" \
   --benchmark-columns=median,rounds
+limited 40 $PY -m benchmarks.shuffle_probe "$OUT/shuffle.json"
+limited 40 $PY -m benchmarks.shuffle_probe --batches 16 --n 60000 "$OUT/shuffle-60000.json"
 
 phase "3. done-when command"
 time limited 60 $PY -m lossjax train --dataset mnist5k --model mlp \
