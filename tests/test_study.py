@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from scipy import special
 
 from lossjax import cli, study
-from lossjax.study import _stats, _verdicts
+from lossjax.study import _experiments, _stats, _verdicts
 
 
 def _rows(setting, loss, metric, values):
@@ -78,6 +79,16 @@ def test_claim6_depends_when_the_gains_cannot_be_separated():
           + _rows("rare", "binary_mse", "f1_at_tuned", [0.35, 0.4, 0.38, 0.36]))
   verdict = _verdicts.claim6(rows)
   assert verdict["verdict"] == "depends" and "cannot separate" in verdict["why"]
+
+
+def test_binary_scores_keep_confident_examples_apart():
+  z = np.array([-1000.0, -30.0, 0.0, 17.0, 20.0, 30.0], np.float32)
+  two_logits = np.stack([np.zeros_like(z), z], axis=1)
+  with np.errstate(over="raise", invalid="raise"):  # none for very negative z
+    scores = _experiments._binary_scores(two_logits)
+  np.testing.assert_allclose(scores, special.expit(z.astype(np.float64)), rtol=1e-12)
+  # float32's sigmoid rounds all three of 17, 20 and 30 to 1.0: these stay ordered.
+  assert np.all(np.diff(scores) > 0) and scores[0] == 0.0
 
 
 def test_quick_study_runs_end_to_end_and_resumes(tmp_path, capsys):

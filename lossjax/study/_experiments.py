@@ -128,8 +128,12 @@ def run_setting(setting: str, config: train.TrainConfig, dataset: data.Dataset, 
 
 
 def _binary_scores(two_logits: np.ndarray) -> np.ndarray:
-  """Probability of the positive class from the [0, z] logits of a binary model."""
-  return 1.0 / (1.0 + np.exp(-(two_logits[:, 1] - two_logits[:, 0])))
+  """Probability of the positive class from the [0, z] logits of a binary model,
+  as sigmoid(z) = exp(-log(1 + exp(-z))) in float64: in float32 the sigmoid
+  rounds to 1.0 above z ~ 17, tying confident examples that AUROC and the
+  threshold search must tell apart, and exp(-z) overflows below z ~ -89."""
+  z = (two_logits[:, 1] - two_logits[:, 0]).astype(np.float64)
+  return np.exp(-np.logaddexp(0.0, -z))
 
 
 def _reliability(logits: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict:
