@@ -129,6 +129,15 @@ def _training_table(benchmarks, matmul) -> list[str]:
         + " | ".join(_num(r, "{:.1f}x") for r in ratios) + " | "
         f"{_num(e.get('gflop_per_s'), '{:.1f}')} | "
         f"{_num(e.get('fraction_of_matmul_rate'), '{:.0%}')} | {_num(e.get('compile_seconds'), '{:.1f}')} |")
+  alternating = [e for e in entries if "alternating_engine_speedup" in e]
+  if alternating:
+    lines += ["", "Engine vs PyTorch eager called alternately in one test (an engine round right "
+              "before each PyTorch round, so both see the same machine state; the table's "
+              "`vs PyTorch` divides rates measured minutes apart):", ""]
+    lines += [f"- {e['case']}: engine ({e['alternating_engine_runs']} runs) "
+              f"{e['alternating_engine_run_steps_per_s']:.0f} run-steps/s vs PyTorch eager "
+              f"{e['run_steps_per_s']:.0f}: **{e['alternating_engine_speedup']:.2f}x**"
+              for e in sorted(alternating, key=lambda e: e["case"])]
   return lines + [""]
 
 

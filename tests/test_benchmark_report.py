@@ -59,6 +59,15 @@ def test_training_table_gives_the_engine_its_ratio_to_every_reference(tmp_path):
   text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
   assert "| digits-mlp | engine | 16 | 500 | 40000 | 5.0x | 20.0x | 10.0x | 50.0 | 25% | 4.0 |" in text
   assert "| digits-mlp | pytorch_eager | 1 | 500 | 4000 | — | — | — | — | — | — |" in text
+  assert "called alternately" not in text
+  # With the engine timed beside PyTorch in one test, that ratio is stated too.
+  run["benchmarks"][2]["extra_info"].update(alternating_engine_runs=16,
+                                            alternating_engine_run_steps_per_s=36000.0,
+                                            alternating_engine_speedup=9.0)
+  source.write_text(json.dumps(run))
+  text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+  assert ("- digits-mlp: engine (16 runs) 36000 run-steps/s vs PyTorch eager 4000: **9.00x**"
+          in text)
 
 
 def test_parts_of_a_run_render_as_one_and_an_interrupted_test_is_left_out(tmp_path):
