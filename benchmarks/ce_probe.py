@@ -5,7 +5,9 @@
 Every variant computes the mean integer-label cross-entropy (and, with
 value_and_grad, its gradient) of the same logits; all are compiled first and
 then called one after another in each round, so they see the same machine
-state; the table gives each one's median ms per call. Variants:
+state; the table gives each one's median ms per call, and "(N pf)" where the
+median call took N minor page faults (fresh output pages from the OS: a cost
+of the allocator's state, not of the variant). Variants:
 
 - `lossjax`: the library (label checks, float32 arithmetic, log-normaliser
   chosen per backend, the picked logit's gradient as a select);
@@ -53,10 +55,11 @@ def probe(shape, dtype, mode, rounds: int) -> dict:
   calls = {name: loss_program(fn, mode).lower(*args).compile() for name, fn in VARIANTS.items()}
   loss_value = lambda compiled: float(compiled(*args) if mode == "forward" else compiled(*args)[0])
   reference = loss_value(calls["no_label_check"])
-  seconds = interleaved_medians(calls, args, rounds, warmup=3)
+  faults = {}
+  seconds = interleaved_medians(calls, args, rounds, warmup=3, faults=faults)
   for name, compiled in calls.items():  # every variant computes the same loss
     np.testing.assert_allclose(loss_value(compiled), reference, rtol=2e-2, err_msg=name)
-  return {name: s * 1e3 for name, s in seconds.items()}
+  return {name: s * 1e3 for name, s in seconds.items()}, faults
 
 
 def main(argv=None) -> int:
@@ -76,10 +79,12 @@ def main(argv=None) -> int:
   rows = []
   for shape in shapes:
     for mode in ("forward", "value_and_grad"):
-      ms = probe(shape, args.dtype, mode, args.rounds)
-      rows.append({"batch": shape[0], "classes": shape[1], "mode": mode, "ms": ms})
+      ms, faults = probe(shape, args.dtype, mode, args.rounds)
+      rows.append({"batch": shape[0], "classes": shape[1], "mode": mode, "ms": ms,
+                   "page_faults_per_call": faults})
+      cell = lambda n: f"{ms[n]:.4g}" + (f" ({faults[n]:.0f} pf)" if faults[n] else "")
       print(f"{shape[0]:>6}x{shape[1]:<5} {mode:>15} "
-            + " ".join(f"{ms[n]:>18.4g}" for n in VARIANTS), flush=True)
+            + " ".join(f"{cell(n):>18}" for n in VARIANTS), flush=True)
   if args.out:
     with open(args.out, "w") as f:
       json.dump({"facts": device_facts(), "dtype": args.dtype, "rounds": args.rounds,

@@ -142,9 +142,12 @@ def test_loss_throughput(benchmark, loss_case, full):
   if impl == "lossjax" and spec.optax_equivalent:
     # The ratio to optax: both programs called alternately in this test.
     theirs = loss_program(optax_fn, mode).lower(logits, labels).compile()
+    faults = {}
     medians = interleaved_medians({"ours": compiled, "theirs": theirs}, (logits, labels),
-                                  rounds=(7 if large else 30) if full else 1)
+                                  rounds=(7 if large else 30) if full else 1, faults=faults)
     info.update({"interleaved_ms": medians["ours"] * 1e3,
                  "optax_interleaved_ms": medians["theirs"] * 1e3,
-                 "ratio_to_optax": medians["theirs"] / medians["ours"]})
+                 "ratio_to_optax": medians["theirs"] / medians["ours"],
+                 "page_faults_per_call": faults["ours"],
+                 "optax_page_faults_per_call": faults["theirs"]})
   benchmark.extra_info.update(info)

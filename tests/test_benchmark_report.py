@@ -34,6 +34,18 @@ def test_report_pairs_lossjax_with_optax_and_reports_ratios(tmp_path):
   source.write_text(json.dumps(run))
   text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
   assert "| `cross_entropy` | 2.5 / 5 (2.00x); 8.0 GB/s (40%) |" in text
+  assert "‡" not in text
+  # One side's calls faulted in fresh pages, the other's did not: flagged and explained.
+  run["benchmarks"][-1]["extra_info"].update(page_faults_per_call=3.0,
+                                             optax_page_faults_per_call=4001.0)
+  source.write_text(json.dumps(run))
+  text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+  assert "| `cross_entropy` | 2.5 / 5 (2.00x); ‡ page faults 3 / 4001; 8.0 GB/s (40%) |" in text
+  assert text.count(report.FAULT_NOTE) == 1
+  # Both faulting alike is no flag.
+  run["benchmarks"][-1]["extra_info"]["page_faults_per_call"] = 4001.0
+  source.write_text(json.dumps(run))
+  assert "‡" not in report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
   assert "fresh output, z float32 65536x1000: 70 ms (7.5 GB/s read + written)" in text
   machine_section = text[:text.index("### Loss")]
   assert "cross-entropy forward), float32 256x32000: 3.6 ms" in machine_section
