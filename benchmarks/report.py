@@ -68,11 +68,14 @@ def _fault_gap(info) -> str:
 
 
 FAULT_NOTE = ("‡: the median call of one of the two faulted in fresh memory pages from the OS "
-              "(minor page faults per call, lossjax / optax) and the other's did not. Which "
-              "program's output buffers get fresh pages depends on the allocator's state, not "
-              "on the program; on the 2-core CPU each fault cost ~1 µs (the 8,001 of a fresh "
-              "256x32000 float32 gradient added ~8 ms to a ~5 ms call), so such a cell's ratio "
-              "measures the allocator more than the loss.")
+              "and the other's did not (minor page faults per call, lossjax / optax; a 4 KiB "
+              "page each, ~1 µs each on the 2-core CPU). glibc's malloc maps every buffer "
+              "above 32 MiB afresh, so there the faults belong to the program: optax's "
+              "forward at 65536x1000 is one fused kernel with a logits-sized scratch buffer, "
+              "262 MB and 64,002 faults a call, where lossjax's needs none. A smaller buffer "
+              "comes fresh or reused depending on the allocator's state, so there the cell's "
+              "ratio measures the allocator as much as the loss: a fresh 256x32000 float32 "
+              "gradient, 8,001 faults, added ~8 ms to a ~5 ms call.")
 
 
 def _loss_tables(benchmarks, stream) -> list[str]:

@@ -22,8 +22,10 @@ def _row_sums_materialized(sums: Array) -> Array:
 
   On CPU, XLA fuses max, exp-and-sum *and* the log that follows into one
   kernel that runs ~3x slower than the exp-and-sum alone (measured at
-  (65536, 1000) float32: 100 ms vs 30 ms). Rounding to the dtype's own
-  precision changes no bit but is not fused into that kernel.
+  (65536, 1000) float32: 100 ms vs 30 ms); that kernel also takes a
+  logits-sized buffer of fresh pages every call (64,002 page faults there).
+  Rounding to the dtype's own precision changes no bit but is not fused
+  into that kernel.
   """
   info = jnp.finfo(sums.dtype)
   return jax.lax.reduce_precision(sums, exponent_bits=info.nexp,
