@@ -6,8 +6,9 @@ Every variant computes the mean integer-label cross-entropy (and, with
 value_and_grad, its gradient) of the same logits; all are compiled first and
 then called one after another in each round, so they see the same machine
 state; the table gives each one's median ms per call, and "(N pf)" where the
-median call took N minor page faults (fresh output pages from the OS: a cost
-of the allocator's state, not of the variant). Variants:
+median call took N minor page faults (fresh pages from the OS: above 32 MiB
+every call of a program that allocates such a buffer pays them; below, the
+allocator's state decides which variant does). Variants:
 
 - `lossjax`: the library (label checks, float32 arithmetic, log-normaliser
   chosen per backend, the picked logit's gradient as a select);

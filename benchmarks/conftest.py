@@ -76,10 +76,11 @@ def interleaved_medians(calls: dict, args, rounds: int, warmup: int = 0,
   drifts between tests); the first `warmup` rounds are not counted.
 
   `faults`, if given, receives each call's median count of minor page faults
-  (the process's, all threads): on CPU a call whose output buffer comes from
-  fresh pages of the OS faults once per 4 KiB page (8,001 times for a
-  256x32000 float32 gradient, ~8 ms here), and which program's buffers do
-  depends on the allocator's state, not on the program."""
+  (the process's, all threads): on CPU a call whose buffer comes from fresh
+  pages of the OS faults once per 4 KiB page (8,001 times for a 256x32000
+  float32 gradient, ~8 ms here). glibc maps buffers above 32 MiB afresh on
+  every call; below that, which program's buffers are fresh depends on the
+  allocator's state, not on the program."""
   times = {name: [] for name in calls}
   counts = {name: [] for name in calls}
   for _ in range(warmup + rounds):
