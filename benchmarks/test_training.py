@@ -64,6 +64,16 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("loss", losses.names("multiclass") if full else ["cross_entropy", "mse"])
 
 
+def _engine(case, runs, steps, session_cache) -> train.Trainer:
+  """The engine's compiled trainer for a case, built once per session: the
+  PyTorch test times it beside PyTorch, the engine test on its own."""
+  key = ("engine", case, runs, steps)
+  if key not in session_cache:
+    config = _config(case, runs, steps, eval_interval=steps)
+    session_cache[key] = train.Trainer(config, dataset=_dataset(config.dataset))
+  return session_cache[key]
+
+
 def _steps(case, full):
   """The case's steps in a full run; 10 in a smoke run."""
   return THROUGHPUT_CASES[case][3] if full else 10
@@ -152,7 +162,7 @@ def test_pytorch_eager_throughput(benchmark, case, full, session_cache):
     return loss.item()
 
   engine_runs = 16 if full else 4
-  trainer = train.Trainer(_config(case, engine_runs, steps, eval_interval=steps), dataset=dataset)
+  trainer = _engine(case, engine_runs, steps, session_cache)
   engine_seconds = []
 
   def engine_round():  # untimed by the fixture: timed here, right before PyTorch's round
@@ -219,8 +229,8 @@ def test_minimal_program_throughput(benchmark, case, runs, full):
 @pytest.mark.parametrize("case", list(THROUGHPUT_CASES))
 def test_engine_throughput(benchmark, case, runs, full, session_cache):
   steps = _steps(case, full)
-  config = _config(case, runs, steps, eval_interval=steps)
-  trainer = train.Trainer(config, dataset=_dataset(config.dataset))
+  trainer = _engine(case, runs, steps, session_cache)
+  config = trainer.config
   benchmark.group = f"training {case}"
   history = pedantic(benchmark, trainer.run, (), full=full, rounds=3, warmup=False)
   seconds = median_seconds(benchmark)
