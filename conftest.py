@@ -1,7 +1,8 @@
 """Front door of the benchmark suite.
 
-``pytest --benchmark-only``: full sizes; the run's JSON goes to
-``results/benchmarks/`` and ``results/BENCHMARKS.md`` is regenerated from it.
+``pytest --benchmark-only``: full sizes, on one JAX CPU device per core (as
+``lossjax train``); the run's JSON goes to ``results/benchmarks/`` and
+``results/BENCHMARKS.md`` is regenerated from it.
 Plain ``pytest``: every benchmark runs once at reduced size (a smoke test), so
 CI catches a broken benchmark without spending minutes timing it.
 """
@@ -24,6 +25,10 @@ def pytest_configure(config):
   if not hasattr(config.option, "benchmark_only"):
     return  # pytest-benchmark not installed
   if full_benchmarks(config):
+    # As `lossjax train` does: one CPU device per core, so that the engine
+    # splits its runs over all cores (before anything starts JAX).
+    from lossjax import train
+    train.use_cpu_cores()
     if config.option.benchmark_json is None:
       stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
       (RESULTS / "benchmarks").mkdir(parents=True, exist_ok=True)

@@ -128,7 +128,7 @@ def _loss_tables(benchmarks, stream) -> list[str]:
 
 
 def _training_table(benchmarks, matmul) -> list[str]:
-  entries = [b["extra_info"] for b in _by_test(benchmarks, "test_engine_throughput", "run_steps_per_s")
+  entries = [b["extra_info"] for b in _by_test(benchmarks, "test_engine_", "run_steps_per_s")
              + _by_test(benchmarks, "test_minimal_program", "run_steps_per_s")
              + _by_test(benchmarks, "test_python_loop", "run_steps_per_s")
              + _by_test(benchmarks, "test_pytorch_eager", "run_steps_per_s")]
@@ -136,7 +136,8 @@ def _training_table(benchmarks, matmul) -> list[str]:
     return []
   lines = ["### Training throughput (run-steps per second)", "",
            "Engine: all runs vmapped (CNN on CPU: looped inside the program), steps scanned, "
-           "evaluation inside the program. Python loop: one run, the engine's jitted step per "
+           "evaluation inside the program; the runs are split over `devices` (on a CPU, one "
+           "device per core unless one is asked for). Python loop: one run, the engine's jitted step per "
            "Python iteration, batches sliced on the device beforehand (`device`) or indexed from "
            "NumPy arrays every step (`numpy`). PyTorch eager: the same MLP, loss, SGD and "
            "batches, one run at a time; runs one after another go at the same rate." +
@@ -145,18 +146,19 @@ def _training_table(benchmarks, matmul) -> list[str]:
             "floor under the engine's bookkeeping."
             if any(e["impl"] == "minimal_vmap_scan" for e in entries) else "") +
            (f" Matmul ceiling measured in this run: {matmul:.0f} GFLOP/s." if matmul else ""), "",
-           "| case | impl | runs | steps | run-steps/s | vs loop (device) | vs loop (numpy) | "
-           "vs PyTorch | GFLOP/s | of matmul rate | compile s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| case | impl | runs | devices | steps | run-steps/s | vs loop (device) | "
+           "vs loop (numpy) | vs PyTorch | GFLOP/s | of matmul rate | compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   programs = ("engine", "minimal_vmap_scan")  # many runs in one program
   references = {(e["impl"], e["case"]): e["run_steps_per_s"] for e in entries
                 if e["impl"] not in programs}
-  for e in sorted(entries, key=lambda e: (e["case"], e["impl"], e["runs"])):
+  for e in sorted(entries, key=lambda e: (e["case"], e["impl"], e["runs"], e.get("devices", 0))):
     ratios = [e["run_steps_per_s"] / references[(impl, e["case"])]
               if e["impl"] in programs and (impl, e["case"]) in references else None
               for impl in ("python_loop_device", "python_loop_numpy", "pytorch_eager")]
     lines.append(
-        f"| {e['case']} | {e['impl']} | {e['runs']} | {e['steps']} | {e['run_steps_per_s']:.0f} | "
+        f"| {e['case']} | {e['impl']} | {e['runs']} | {_num(e.get('devices'), '{}')} | "
+        f"{e['steps']} | {e['run_steps_per_s']:.0f} | "
         + " | ".join(_num(r, "{:.1f}x") for r in ratios) + " | "
         f"{_num(e.get('gflop_per_s'), '{:.1f}')} | "
         f"{_num(e.get('fraction_of_matmul_rate'), '{:.0%}')} | {_num(e.get('compile_seconds'), '{:.1f}')} |")
@@ -165,7 +167,9 @@ def _training_table(benchmarks, matmul) -> list[str]:
     lines += ["", "Engine vs PyTorch eager called alternately in one test (an engine round right "
               "before each PyTorch round, so both see the same machine state; the table's "
               "`vs PyTorch` divides rates measured minutes apart):", ""]
-    lines += [f"- {e['case']}: engine ({e['alternating_engine_runs']} runs) "
+    lines += [f"- {e['case']}: engine ({e['alternating_engine_runs']} runs"
+              + (f", {e['alternating_engine_devices']} devices"
+                 if e.get("alternating_engine_devices", 1) > 1 else "") + ") "
               f"{e['alternating_engine_run_steps_per_s']:.0f} run-steps/s vs PyTorch eager "
               f"{e['run_steps_per_s']:.0f}: **{e['alternating_engine_speedup']:.2f}x**"
               for e in sorted(alternating, key=lambda e: e["case"])]

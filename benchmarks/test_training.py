@@ -64,13 +64,14 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("loss", losses.names("multiclass") if full else ["cross_entropy", "mse"])
 
 
-def _engine(case, runs, steps, session_cache) -> train.Trainer:
+def _engine(case, runs, steps, session_cache, devices=None) -> train.Trainer:
   """The engine's compiled trainer for a case, built once per session: the
-  PyTorch test times it beside PyTorch, the engine test on its own."""
-  key = ("engine", case, runs, steps)
+  PyTorch test times it beside PyTorch, the engine test on its own.
+  `devices`: the engine's default (all) unless given."""
+  key = ("engine", case, runs, steps, None if devices is None else len(devices))
   if key not in session_cache:
     config = _config(case, runs, steps, eval_interval=steps)
-    session_cache[key] = train.Trainer(config, dataset=_dataset(config.dataset))
+    session_cache[key] = train.Trainer(config, dataset=_dataset(config.dataset), devices=devices)
   return session_cache[key]
 
 
@@ -124,7 +125,7 @@ def test_python_loop_throughput(benchmark, case, batches, full, session_cache):
   rate = steps / median_seconds(benchmark)
   session_cache[(f"loop_{batches}", case)] = rate
   benchmark.extra_info.update({"impl": f"python_loop_{batches}", "case": case, "runs": 1,
-                               "steps": steps, "run_steps_per_s": rate, **device_facts()})
+                               "devices": 1, "steps": steps, "run_steps_per_s": rate, **device_facts()})
 
 
 @pytest.mark.parametrize("case", [c for c in THROUGHPUT_CASES if "mlp" in c])
@@ -183,6 +184,7 @@ def test_pytorch_eager_throughput(benchmark, case, full, session_cache):
   benchmark.extra_info.update({
       "run_steps_per_s": rate, "alternating_engine_runs": engine_runs,
       "alternating_engine_run_steps_per_s": engine_rate,
+      "alternating_engine_devices": len(trainer.devices),
       "alternating_engine_speedup": engine_rate / rate})
   session_cache[("pytorch_eager", case)] = rate
 
@@ -223,21 +225,36 @@ def test_minimal_program_throughput(benchmark, case, runs, full):
   pedantic(benchmark, compiled, (keys,), full=full, rounds=3)
   rate = runs * steps / median_seconds(benchmark)
   benchmark.extra_info.update({"impl": "minimal_vmap_scan", "case": case, "runs": runs,
-                               "steps": steps, "run_steps_per_s": rate, **device_facts()})
+                               "devices": 1, "steps": steps, "run_steps_per_s": rate, **device_facts()})
 
 
 @pytest.mark.parametrize("case", list(THROUGHPUT_CASES))
 def test_engine_throughput(benchmark, case, runs, full, session_cache):
-  steps = _steps(case, full)
-  trainer = _engine(case, runs, steps, session_cache)
+  """The engine as `lossjax train` runs it: the runs split over every device
+  (on a CPU, one device per core: see the root conftest)."""
+  _measure_engine(benchmark, case, _engine(case, runs, _steps(case, full), session_cache),
+                  full, session_cache)
+
+
+@pytest.mark.parametrize("case", list(THROUGHPUT_CASES))
+def test_engine_one_device_throughput(benchmark, case, full, session_cache):
+  """The engine with 16 runs (smoke: 4) on one device: the per-device
+  efficiency, to set beside the minimal vmap+scan program (also one device)."""
+  runs = 16 if full else 4
+  trainer = _engine(case, runs, _steps(case, full), session_cache, devices=jax.devices()[:1])
+  _measure_engine(benchmark, case, trainer, full, session_cache)
+
+
+def _measure_engine(benchmark, case, trainer, full, session_cache):
   config = trainer.config
+  runs, steps = len(config.seeds), config.steps
   benchmark.group = f"training {case}"
   history = pedantic(benchmark, trainer.run, (), full=full, rounds=3, warmup=False)
   seconds = median_seconds(benchmark)
   rate = runs * steps / seconds
   flops = 3 * trainer.program.model.flops_per_example * config.batch_size * rate
   info = {"impl": "engine", "case": case, "runs": runs, "steps": steps,
-          "run_steps_per_s": rate, "gflop_per_s": flops / 1e9,
+          "devices": len(trainer.devices), "run_steps_per_s": rate, "gflop_per_s": flops / 1e9,
           "compile_seconds": trainer.compile_seconds,
           "final_test_accuracy": float(np.nanmean(history.metrics["test_accuracy"][:, -1])),
           **device_facts()}

@@ -16,6 +16,23 @@ def _floats(text: str) -> tuple[float, ...]:
     raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+  return value
+
+
+def _add_cpu_devices(p) -> None:
+  p.add_argument("--cpu-devices", type=_positive_int, default=None, metavar="N",
+                 help="present the CPU to JAX as N devices, over which the runs are split "
+                      "(default: one per core, or the count XLA_FLAGS sets with "
+                      "--xla_force_host_platform_device_count)")
+
+
 def _train_parser(sub) -> None:
   from lossjax import data, losses, models, train
   defaults = train.TrainConfig()
@@ -61,6 +78,7 @@ def _train_parser(sub) -> None:
   p.add_argument("--json", default=None, metavar="PATH",
                  help="write the history here (default: print a summary only)")
   p.add_argument("--quiet", action="store_true", help="no progress output")
+  _add_cpu_devices(p)
 
 
 def _train(args) -> int:
@@ -115,6 +133,7 @@ def _study_parsers(sub) -> None:
                       "(default: %(default)s)")
   p.add_argument("--only", default=None,
                  help=f"comma-separated experiments to run: {', '.join(EXPERIMENTS)}")
+  _add_cpu_devices(p)
   r = sub.add_parser("report", help="regenerate REPORT.md and figures from the result files",
                      description="Regenerates OUT/REPORT.md and OUT/study/figures/ from "
                                  "OUT/study/*.json without training anything.")
@@ -148,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
+  if hasattr(args, "cpu_devices"):
+    from lossjax import train
+    try:
+      train.use_cpu_cores(args.cpu_devices)
+    except RuntimeError as error:  # JAX already running (main() called in-process)
+      if args.cpu_devices is not None:
+        raise SystemExit(f"lossjax {args.command}: --cpu-devices: {error}") from None
   return {"train": _train, "study": _study, "report": _report}[args.command](args)
 
 

@@ -62,15 +62,20 @@ def test_training_table_gives_the_engine_its_ratio_to_every_reference(tmp_path):
                     run_steps_per_s=2000.0, **case),
              _bench("test_pytorch_eager_throughput[p]", 1.0, impl="pytorch_eager", runs=1,
                     run_steps_per_s=4000.0, **case),
-             _bench("test_engine_throughput[e]", 1.0, impl="engine", runs=16,
+             _bench("test_engine_throughput[e]", 1.0, impl="engine", runs=16, devices=2,
                     run_steps_per_s=40000.0, gflop_per_s=50.0, fraction_of_matmul_rate=0.25,
                     compile_seconds=4.0, **case),
+             _bench("test_engine_one_device_throughput[e]", 1.0, impl="engine", runs=16,
+                    devices=1, run_steps_per_s=24000.0, **case),
          ]}
   source = tmp_path / "run.json"
   source.write_text(json.dumps(run))
   text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
-  assert "| digits-mlp | engine | 16 | 500 | 40000 | 5.0x | 20.0x | 10.0x | 50.0 | 25% | 4.0 |" in text
-  assert "| digits-mlp | pytorch_eager | 1 | 500 | 4000 | — | — | — | — | — | — |" in text
+  assert ("| digits-mlp | engine | 16 | 1 | 500 | 24000 | 3.0x | 12.0x | 6.0x | — | — | — |\n"
+          "| digits-mlp | engine | 16 | 2 | 500 | 40000 | 5.0x | 20.0x | 10.0x | 50.0 | 25% | 4.0 |"
+          in text)
+  # Entries from before the devices column: "—".
+  assert "| digits-mlp | pytorch_eager | 1 | — | 500 | 4000 | — | — | — | — | — | — |" in text
   assert "called alternately" not in text
   # With the engine timed beside PyTorch in one test, that ratio is stated too.
   run["benchmarks"][2]["extra_info"].update(alternating_engine_runs=16,
@@ -80,6 +85,10 @@ def test_training_table_gives_the_engine_its_ratio_to_every_reference(tmp_path):
   text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
   assert ("- digits-mlp: engine (16 runs) 36000 run-steps/s vs PyTorch eager 4000: **9.00x**"
           in text)
+  run["benchmarks"][2]["extra_info"]["alternating_engine_devices"] = 2
+  source.write_text(json.dumps(run))
+  text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+  assert "- digits-mlp: engine (16 runs, 2 devices) 36000 run-steps/s vs PyTorch" in text
 
 
 def test_parts_of_a_run_render_as_one_and_an_interrupted_test_is_left_out(tmp_path):
@@ -106,6 +115,6 @@ def test_parts_of_a_run_render_as_one_and_an_interrupted_test_is_left_out(tmp_pa
   assert "backend `gpu` (NVIDIA H200" in text
   assert "| `cross_entropy` | 4 |" in text
   assert "float32 matmul 2048x2048: 50000 GFLOP/s" in text
-  assert "| digits-mlp | engine | 16 | 500 | 40000 |" in text
+  assert "| digits-mlp | engine | 16 | — | 500 | 40000 |" in text
   assert "### Steps to test accuracy" not in text  # no such entries: no empty table
   assert report.main([str(parts[0]), "a.md", "b.md"]) == 2

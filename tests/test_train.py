@@ -147,6 +147,54 @@ def test_eight_simulated_devices_give_the_one_device_result():
   np.testing.assert_allclose(sharded["loss"], single["loss"], rtol=1e-4)
 
 
+def test_runs_that_do_not_divide_are_padded_and_a_cnn_maps_its_runs_per_device():
+  # 3 runs on 2 devices: a copy of run 0 fills device 1's share and is dropped.
+  # The CNN's runs are mapped (lax.map) on each device, as on one.
+  options = {**SMALL, "seeds": [0, 1, 2], "learning_rates": [0.05], "steps": 50,
+             "model": {"name": "cnn", "width": 16}}
+  sharded = _train_on_cpu(options, 2)
+  assert np.shape(sharded["acc"]) == (3, 2)
+  if jax.default_backend() == "cpu":
+    history = train.train(train.TrainConfig(
+        **options | {"model": models.ModelConfig(**options["model"])}))
+    single = {"acc": history.metrics["test_accuracy"], "loss": history.metrics["train_loss"]}
+  else:
+    single = _train_on_cpu(options, 1)
+  np.testing.assert_allclose(sharded["acc"], single["acc"], atol=1e-6)
+  np.testing.assert_allclose(sharded["loss"], single["loss"], rtol=1e-4)
+
+
+_CORES_SCRIPT = """
+import json, sys, jax
+from lossjax import train
+kept = train.use_cpu_cores(None if sys.argv[1] == "default" else int(sys.argv[1]))
+print(json.dumps({"returned": kept, "cpu_devices": jax.local_device_count("cpu")}))
+"""
+
+
+@pytest.mark.parametrize("count, xla_flags, expected", [
+    ("3", "", 3), ("default", "", train.cpu_cores()),
+    ("default", "--xla_force_host_platform_device_count=5", 5)])
+def test_use_cpu_cores_sets_the_cpu_device_count(count, xla_flags, expected):
+  env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _CORES_SCRIPT, count], capture_output=True,
+                       text=True, env=env, cwd=ROOT, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert json.loads(out.stdout) == {"returned": expected, "cpu_devices": expected}
+
+
+def test_use_cpu_cores_after_jax_started_names_the_problem():
+  jax.numpy.zeros(1).block_until_ready()
+  started_with = jax.local_device_count("cpu")
+  assert train.use_cpu_cores(started_with) == started_with  # nothing to change
+  with pytest.raises(RuntimeError, match=r"must run before JAX computes anything.*"
+                                         f"{started_with} CPU device"):
+    train.use_cpu_cores(started_with + 1)
+  for bad in (0, -2, 1.5, True):
+    with pytest.raises(ValueError, match="`count` must be a positive integer"):
+      train.use_cpu_cores(bad)
+
+
 def test_cli_trains_and_writes_plain_json(tmp_path, capsys):
   path = tmp_path / "out.json"
   code = cli.main(["train", "--dataset", "digits", "--width", "32", "--seeds", "2",

@@ -31,7 +31,8 @@ def _environment() -> dict:
   import optax
   return {"python": platform.python_version(), "jax": jax.__version__, "optax": optax.__version__,
           "flax": flax.__version__, "numpy": numpy.__version__, "backend": jax.default_backend(),
-          "device_kind": jax.devices()[0].device_kind, "machine": platform.machine(),
+          "device_kind": jax.devices()[0].device_kind, "devices": jax.device_count(),
+          "machine": platform.machine(),
           "cpu_count": os.cpu_count()}
 
 
