@@ -29,9 +29,26 @@ def test_matmul_rate(benchmark, full, session_cache):
   benchmark.group = "machine"
   pedantic(benchmark, compiled, (a, a), full=full, rounds=10)
   rate = 2 * size**3 / median_seconds(benchmark) / 1e9
-  session_cache["matmul_gflops"] = rate
+  session_cache["matmul_gflops"] = max(rate, session_cache.get("matmul_gflops", 0.0))
   benchmark.extra_info.update({"measure": "matmul", "size": size, "gflop_per_s": rate,
                                **device_facts()})
+
+
+def test_matmul_rate_all_devices(benchmark, full, session_cache):
+  """One large matmul per device, all at once: with one CPU device per core
+  this beats one matmul threaded over the cores (the engine's devices each
+  run their own products), so the ceiling is the larger of the two."""
+  size, devices = (2048 if full else 256), jax.devices()
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
+  a = jax.device_put(np.ones((len(devices), size, size), np.float32),
+                     jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")))
+  compiled = jax.jit(jnp.matmul).lower(a, a).compile()
+  benchmark.group = "machine"
+  pedantic(benchmark, compiled, (a, a), full=full, rounds=10)
+  rate = 2 * len(devices) * size**3 / median_seconds(benchmark) / 1e9
+  session_cache["matmul_gflops"] = max(rate, session_cache.get("matmul_gflops", 0.0))
+  benchmark.extra_info.update({"measure": "matmul_all_devices", "size": size,
+                               "devices": len(devices), "gflop_per_s": rate, **device_facts()})
 
 
 THROUGHPUT_CASES = {
@@ -162,6 +179,13 @@ def test_pytorch_eager_throughput(benchmark, case, full, session_cache):
       optimizer.step()
     return loss.item()
 
+  torch_seconds = []
+
+  def timed_loop():
+    started = time.perf_counter()
+    loop()
+    torch_seconds.append(time.perf_counter() - started)
+
   engine_runs = 16 if full else 4
   trainer = _engine(case, engine_runs, steps, session_cache)
   engine_seconds = []
@@ -178,14 +202,20 @@ def test_pytorch_eager_throughput(benchmark, case, full, session_cache):
   if full:
     engine_round(), loop()  # warm-up: first-call allocations
     engine_seconds.clear()
-  benchmark.pedantic(loop, setup=engine_round, rounds=5 if full else 1, iterations=1)
+  benchmark.pedantic(timed_loop, setup=engine_round, rounds=9 if full else 1, iterations=1)
   rate = steps / median_seconds(benchmark)
+  # PyTorch's rate on this machine is bimodal (~1,000 and ~610 run-steps/s for
+  # the mnist5k MLP, in stretches of many rounds, with or without JAX in the
+  # process), so its fastest round is kept beside the median.
+  best_rate = steps / min(torch_seconds)
   engine_rate = engine_runs * steps / float(np.median(engine_seconds))
   benchmark.extra_info.update({
-      "run_steps_per_s": rate, "alternating_engine_runs": engine_runs,
+      "run_steps_per_s": rate, "best_run_steps_per_s": best_rate,
+      "alternating_engine_runs": engine_runs,
       "alternating_engine_run_steps_per_s": engine_rate,
       "alternating_engine_devices": len(trainer.devices),
-      "alternating_engine_speedup": engine_rate / rate})
+      "alternating_engine_speedup": engine_rate / rate,
+      "alternating_engine_speedup_vs_best": engine_rate / best_rate})
   session_cache[("pytorch_eager", case)] = rate
 
 
@@ -252,7 +282,7 @@ def _measure_engine(benchmark, case, trainer, full, session_cache):
   history = pedantic(benchmark, trainer.run, (), full=full, rounds=3, warmup=False)
   seconds = median_seconds(benchmark)
   rate = runs * steps / seconds
-  flops = 3 * trainer.program.model.flops_per_example * config.batch_size * rate
+  flops = trainer.program.model.train_flops_per_example * config.batch_size * rate
   info = {"impl": "engine", "case": case, "runs": runs, "steps": steps,
           "devices": len(trainer.devices), "run_steps_per_s": rate, "gflop_per_s": flops / 1e9,
           "compile_seconds": trainer.compile_seconds,

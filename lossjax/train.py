@@ -413,8 +413,8 @@ def use_cpu_cores(count: int | None = None) -> int:
   JAX gives the CPU one device, and a program on it runs its small
   operations on one core. The engine shards its runs over all devices, so
   with one device per core the runs of small models train on every core
-  (measured on 2 cores: the digits MLP, 16 runs, 75k run-steps/s on one
-  device and 137k on two). Large matrix products use every core either way.
+  (measured on 2 cores: the digits MLP, 16 runs, 79k run-steps/s on one
+  device and 148k on two). Large matrix products use every core either way.
 
   Must be called before JAX computes anything (the CLI and the benchmarks
   call it at start-up). Without `count`, a device count already set with
