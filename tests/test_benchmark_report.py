@@ -69,8 +69,12 @@ def test_training_table_gives_the_engine_its_ratio_to_every_reference(tmp_path):
                     devices=1, run_steps_per_s=24000.0, **case),
          ]}
   source = tmp_path / "run.json"
-  source.write_text(json.dumps(run))
-  text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+
+  def render() -> str:
+    source.write_text(json.dumps(run))
+    return report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+
+  text = render()
   assert ("| digits-mlp | engine | 16 | 1 | 500 | 24000 | 3.0x | 12.0x | 6.0x | — | — | — |\n"
           "| digits-mlp | engine | 16 | 2 | 500 | 40000 | 5.0x | 20.0x | 10.0x | 50.0 | 25% | 4.0 |"
           in text)
@@ -81,15 +85,13 @@ def test_training_table_gives_the_engine_its_ratio_to_every_reference(tmp_path):
   run["benchmarks"][2]["extra_info"].update(alternating_engine_runs=16,
                                             alternating_engine_run_steps_per_s=36000.0,
                                             alternating_engine_speedup=9.0)
-  source.write_text(json.dumps(run))
-  text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+  text = render()
   assert ("- digits-mlp: engine (16 runs) 36000 run-steps/s vs PyTorch eager 4000: **9.00x**"
           in text)
   run["benchmarks"][2]["extra_info"].update(alternating_engine_devices=2,
                                             best_run_steps_per_s=6000.0,
                                             alternating_engine_speedup_vs_best=6.0)
-  source.write_text(json.dumps(run))
-  text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+  text = render()
   assert ("- digits-mlp: engine (16 runs, 2 devices) 36000 run-steps/s vs PyTorch eager 4000: "
           "**9.00x** (its fastest round 6000: 6.00x)" in text)
   # The matmul ceiling is the larger of one matmul and one per device at once.
@@ -97,8 +99,7 @@ def test_training_table_gives_the_engine_its_ratio_to_every_reference(tmp_path):
       _bench("test_matmul_rate", 1.0, measure="matmul", gflop_per_s=200.0),
       _bench("test_matmul_rate_all_devices", 1.0, measure="matmul_all_devices", devices=2,
              gflop_per_s=250.0)]
-  source.write_text(json.dumps(run))
-  text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+  text = render()
   assert ("float32 matmul 2048x2048: 200 GFLOP/s; one per device on 2 devices at once: "
           "250 GFLOP/s" in text)
   assert "(the larger matmul rate above): 250 GFLOP/s." in text
