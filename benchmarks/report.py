@@ -127,7 +127,7 @@ def _loss_tables(benchmarks, stream) -> list[str]:
   return lines
 
 
-def _training_table(benchmarks, matmul) -> list[str]:
+def _training_table(benchmarks, ceiling) -> list[str]:
   entries = [b["extra_info"] for b in _by_test(benchmarks, "test_engine_", "run_steps_per_s")
              + _by_test(benchmarks, "test_minimal_program", "run_steps_per_s")
              + _by_test(benchmarks, "test_python_loop", "run_steps_per_s")
@@ -146,7 +146,7 @@ def _training_table(benchmarks, matmul) -> list[str]:
             "floor under the engine's bookkeeping."
             if any(e["impl"] == "minimal_vmap_scan" for e in entries) else "") +
            (f" Matmul ceiling measured in this run (the larger matmul rate above): "
-            f"{matmul:.0f} GFLOP/s." if matmul else ""), "",
+            f"{ceiling:.0f} GFLOP/s." if ceiling else ""), "",
            "| case | impl | runs | devices | steps | run-steps/s | vs loop (device) | "
            "vs loop (numpy) | vs PyTorch | GFLOP/s | of matmul rate | compile s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -148,6 +148,14 @@ def label_validity(labels: Array, num_classes: int, where: Array | None,
   return valid
 
 
+def check_count(value, name: str, minimum: int) -> int:
+  """A Python or NumPy integer >= `minimum` (0 or 1), as an int; not a bool."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    kind = "non-negative" if minimum == 0 else "positive"
+    raise ValueError(f"`{name}` must be a {kind} integer, got {value!r}.")
+  return int(value)
+
+
 def check_nonnegative(value, name: str) -> None:
   if not is_traced(value) and np.any(np.asarray(value) < 0):
     raise ValueError(f"`{name}` must be >= 0, got {value!r}.")

@@ -24,7 +24,7 @@ import optax
 from jax.extend.random import threefry_2x32
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lossjax import _io
+from lossjax import _checks, _io
 from lossjax import data as data_lib
 from lossjax import losses, metrics, models, reduction
 
@@ -186,9 +186,7 @@ def permutation(key: jax.Array, n: int, *, packed_max: int = PACKED_SHUFFLE_MAX)
   Above `packed_max` elements, where b gets small and the rounds many, it
   calls ``jax.random.permutation``.
   """
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-    raise ValueError(f"`n` must be a non-negative integer, got {n!r}.")
-  n = int(n)
+  n = _checks.check_count(n, "n", 0)
   if n > packed_max:
     return jax.random.permutation(key, n).astype(jnp.int32)
   position_bits = max(1, (n - 1).bit_length())
@@ -427,17 +425,16 @@ def use_cpu_cores(count: int | None = None) -> int:
     if match:
       return int(match.group(1))
     count = cpu_cores()
-  if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
-    raise ValueError(f"`count` must be a positive integer, got {count!r}.")
+  count = _checks.check_count(count, "count", 1)
   try:
-    jax.config.update("jax_num_cpu_devices", int(count))
+    jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError as error:  # JAX has started: fine if it has what was asked for
     started_with = jax.local_device_count("cpu")
     if started_with != count:
       raise RuntimeError(
           f"use_cpu_cores({count}) must run before JAX computes anything: JAX has "
           f"already started with {started_with} CPU device(s).") from error
-  return int(count)
+  return count
 
 
 def _runs_layout(num_runs: int, devices: list) -> tuple[Mesh | None, int]:
@@ -476,9 +473,9 @@ class Trainer:
     devices = jax.devices() if devices is None else list(devices)
     mesh, padded_runs = _runs_layout(num_runs, devices)
     # Padding runs repeat the first run and are dropped from the results.
-    run_seeds = np.concatenate([self.seeds, np.repeat(self.seeds[:1], padded_runs - num_runs)])
-    run_rates = np.concatenate([self.learning_rates, np.repeat(self.learning_rates[:1],
-                                                               padded_runs - num_runs)])
+    pad = lambda per_run: np.concatenate([per_run,
+                                          np.repeat(per_run[:1], padded_runs - num_runs)])
+    run_seeds, run_rates = pad(self.seeds), pad(self.learning_rates)
 
     arrays = {name: jnp.asarray(getattr(dataset, name)) for name in
               ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
@@ -538,6 +535,7 @@ class Trainer:
 
   def run(self, *, progress: bool = False, keep_final_logits: bool = False) -> History:
     config, program, arrays = self.config, self.program, self.arrays
+    n = self._num_runs  # the padding runs, if any, come after these
     state = jax.block_until_ready(self._initial_state())
     records = []
     bar = _Progress(progress, config.steps, f"{config.loss} on {self.dataset.name}")
@@ -548,10 +546,9 @@ class Trainer:
       record = jax.device_get(record)
       records.append(record)
       bar.update(first_step + self.chunk_steps,
-                 float(np.nanmean(record["test_accuracy"][:self._num_runs, -1])))
+                 float(np.nanmean(record["test_accuracy"][:n, -1])))
     train_seconds = time.perf_counter() - started
 
-    n = self._num_runs
     series = {name: np.concatenate([r[name][:n] for r in records], axis=1)
               for name in records[0]}
     state = jax.device_get(state)
