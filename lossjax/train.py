@@ -323,15 +323,21 @@ class _Program:
     for leaf in jax.tree.leaves(grads):
       finite &= jnp.all(jnp.isfinite(leaf))
     diverged = run_state["diverged"] | ~finite
-    updates, new_opt_state = self.base_optimizer.update(grads, opt_state, params)
-    scale = learning_rate * self.schedule(step)
+    new_params, new_opt_state = self.update(params, opt_state, grads, learning_rate, step)
     keep_old = lambda old, new: jnp.where(diverged, old, new)
     return {**run_state,
-            "params": jax.tree.map(lambda p, u: keep_old(p, p + scale * u), params, updates),
+            "params": jax.tree.map(keep_old, params, new_params),
             "opt_state": jax.tree.map(keep_old, opt_state, new_opt_state),
             "diverged": diverged,
             "diverged_at": jnp.where(diverged & ~run_state["diverged"], step,
                                      run_state["diverged_at"])}, jnp.where(diverged, jnp.nan, loss)
+
+  def update(self, params, opt_state, grads, learning_rate, step):
+    """The optimizer's new parameters and state (the base optimizer runs at
+    learning rate 1; its update is scaled by the run's rate and the schedule)."""
+    updates, new_opt_state = self.base_optimizer.update(grads, opt_state, params)
+    scale = learning_rate * self.schedule(step)
+    return jax.tree.map(lambda p, u: p + scale * u, params, updates), new_opt_state
 
   def evaluate(self, params, x, y) -> dict[str, jax.Array]:
     raw = self.logits(params, x)
@@ -458,6 +464,10 @@ class Trainer:
   time it alone.
   """
 
+  # The class of the program's pure functions; `benchmarks.engine_probe`
+  # substitutes subclasses without parts of the bookkeeping.
+  program_type = _Program
+
   def __init__(self, config: TrainConfig, *, dataset: data_lib.Dataset | None = None,
                devices: list | None = None):
     if dataset is None:
@@ -465,7 +475,7 @@ class Trainer:
                               imbalance=config.imbalance, noise=config.noise,
                               **config.dataset_options)
     self.config, self.dataset = config, dataset
-    self.program = program = _Program(config, dataset)
+    self.program = program = self.program_type(config, dataset)
     self.seeds = np.repeat(np.asarray(config.seeds), len(config.learning_rates))
     self.learning_rates = np.tile(np.asarray(config.learning_rates, np.float32),
                                   len(config.seeds))
