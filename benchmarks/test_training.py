@@ -37,8 +37,8 @@ def test_matmul_rate(benchmark, full, session_cache):
 def test_matmul_rate_all_devices(benchmark, full, session_cache):
   """One large matmul per device, all at once, as the engine's devices each
   run their own products. With one CPU device per core this may beat one
-  matmul threaded over the cores (here it did not: 189 vs 216 GFLOP/s), so
-  the ceiling is the larger of the two."""
+  matmul threaded over the cores (on 2 cores it did not: 184-189 vs 208-216
+  GFLOP/s), so the ceiling is the larger of the two."""
   size, devices = (2048 if full else 256), jax.devices()
   mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
   a = jax.device_put(np.ones((len(devices), size, size), np.float32),
