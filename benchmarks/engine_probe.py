@@ -12,7 +12,7 @@ Variants (each a `lossjax.train.Trainer` whose program drops something):
 - no_evaluation: no validation and test metrics at the end of the chunk;
 - bare: none of the three (what is left: model, loss, optimizer, batch gather).
 
-The cases are the training benchmark's (`benchmarks/test_training.py`), with
+The cases are the training benchmark's (`benchmarks/training_cases.py`), with
 one evaluation at the last step. The table gives each variant's median
 run-steps/s over the rounds and its share of the engine's time; the
 variants train differently (no shuffle) or skip work, so their numbers are
@@ -23,20 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from benchmarks.conftest import device_facts
-from lossjax import models, train
+from benchmarks.conftest import device_facts, interleaved_medians
+from benchmarks.training_cases import THROUGHPUT_CASES, throughput_config
+from lossjax import train
 
-# name: (dataset, model, batch, steps), as the training benchmark's cases.
-CASES = {
-    "digits": ("digits", dict(hidden=(32,), activation="tanh"), 32, 500),
-    "mnist5k": ("mnist5k", dict(width=256), 128, 200),
-}
+# The probe's names for the training benchmark's cases.
+CASES = {"digits": "digits-mlp-64-32-10-tanh", "mnist5k": "mnist5k-mlp"}
 
 
 class _NoShuffle(train._Program):
@@ -75,21 +71,12 @@ def _trainer(program_type, config: train.TrainConfig) -> train.Trainer:
 def probe(case: str, runs: int, rounds: int, steps: int | None = None) -> dict:
   """Median run-steps/s of each variant, the variants run one after another
   in every round (the first, untimed, round warms them up)."""
-  dataset, model, batch, case_steps = CASES[case]
-  steps = steps or case_steps
-  config = train.TrainConfig(dataset=dataset, model=models.ModelConfig("mlp", **model),
-                             batch_size=batch, steps=steps, eval_interval=steps,
-                             seeds=tuple(range(runs)), learning_rates=(0.05,), optimizer="sgd",
-                             optimizer_options={}, max_chunk_steps=steps)
-  trainers = {name: _trainer(program_type, config) for name, program_type in VARIANTS.items()}
-  seconds = {name: [] for name in trainers}
-  for round_index in range(rounds + 1):
-    for name, trainer in trainers.items():
-      started = time.perf_counter()
-      trainer.run()
-      if round_index:
-        seconds[name].append(time.perf_counter() - started)
-  return {name: runs * steps / float(np.median(s)) for name, s in seconds.items()}
+  benchmark_case = CASES[case]
+  steps = steps or THROUGHPUT_CASES[benchmark_case][3]
+  config = throughput_config(benchmark_case, runs, steps, eval_interval=steps)
+  runs_of = {name: _trainer(program_type, config).run for name, program_type in VARIANTS.items()}
+  seconds = interleaved_medians(runs_of, (), rounds, warmup=1)
+  return {name: runs * steps / s for name, s in seconds.items()}
 
 
 def main(argv=None) -> int:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from benchmarks.conftest import device_facts, median_seconds, pedantic
+from benchmarks.training_cases import THROUGHPUT_CASES, throughput_config
 from conftest import full_benchmarks
 from lossjax import data, losses, models, train
 
@@ -25,11 +26,7 @@ def test_matmul_rate(benchmark, full, session_cache):
   """The machine's large float32 matmul rate, the ceiling for compute-bound training."""
   size = 2048 if full else 256
   a = jax.device_put(np.ones((size, size), np.float32))
-  compiled = jax.jit(jnp.matmul).lower(a, a).compile()
-  benchmark.group = "machine"
-  pedantic(benchmark, compiled, (a, a), full=full, rounds=10)
-  rate = 2 * size**3 / median_seconds(benchmark) / 1e9
-  session_cache["matmul_gflops"] = max(rate, session_cache.get("matmul_gflops", 0.0))
+  rate = _time_matmul(benchmark, a, full, session_cache)
   benchmark.extra_info.update({"measure": "matmul", "size": size, "gflop_per_s": rate,
                                **device_facts()})
 
@@ -43,34 +40,21 @@ def test_matmul_rate_all_devices(benchmark, full, session_cache):
   mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
   a = jax.device_put(np.ones((len(devices), size, size), np.float32),
                      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")))
-  compiled = jax.jit(jnp.matmul).lower(a, a).compile()
-  benchmark.group = "machine"
-  pedantic(benchmark, compiled, (a, a), full=full, rounds=10)
-  rate = 2 * len(devices) * size**3 / median_seconds(benchmark) / 1e9
-  session_cache["matmul_gflops"] = max(rate, session_cache.get("matmul_gflops", 0.0))
+  rate = _time_matmul(benchmark, a, full, session_cache)
   benchmark.extra_info.update({"measure": "matmul_all_devices", "size": size,
                                "devices": len(devices), "gflop_per_s": rate, **device_facts()})
 
 
-THROUGHPUT_CASES = {
-    # name: (dataset, model, batch, optimizer options, full steps)
-    "mnist5k-mlp": ("mnist5k", models.ModelConfig("mlp", width=256), 128, 200),
-    # ~40 run-steps/s on a 2-core CPU: fewer steps.
-    "mnist5k-cnn": ("mnist5k", models.ModelConfig("cnn", width=120), 128, 50),
-    # The issue's "MLP 64-32-10": 64 inputs, one hidden layer of 32, 10 logits
-    # (as its "784-256-10" for mnist5k). Runs before 2026-11-30 had a 64-64-32-10
-    # model under the name "digits-mlp-64-32-tanh".
-    "digits-mlp-64-32-10-tanh": ("digits", models.ModelConfig("mlp", hidden=(32,),
-                                                              activation="tanh"), 32, 500),
-}
-
-
-def _config(case, runs, steps, eval_interval):
-  dataset, model, batch, _ = THROUGHPUT_CASES[case]
-  return train.TrainConfig(dataset=dataset, model=model, batch_size=batch, steps=steps,
-                           eval_interval=eval_interval, seeds=tuple(range(runs)),
-                           learning_rates=(0.05,), optimizer="sgd",
-                           optimizer_options={}, max_chunk_steps=steps)
+def _time_matmul(benchmark, a, full, session_cache) -> float:
+  """GFLOP/s of `a @ a` (square matrices, batched over a leading axis if any);
+  the session's matmul ceiling keeps the larger of the rates measured."""
+  compiled = jax.jit(jnp.matmul).lower(a, a).compile()
+  benchmark.group = "machine"
+  pedantic(benchmark, compiled, (a, a), full=full, rounds=10)
+  size = a.shape[-1]
+  rate = 2 * (a.size // size**2) * size**3 / median_seconds(benchmark) / 1e9
+  session_cache["matmul_gflops"] = max(rate, session_cache.get("matmul_gflops", 0.0))
+  return rate
 
 
 def pytest_generate_tests(metafunc):
@@ -88,7 +72,7 @@ def _engine(case, runs, steps, session_cache, devices=None) -> train.Trainer:
   `devices`: the engine's default (all) unless given."""
   key = ("engine", case, runs, steps, None if devices is None else len(devices))
   if key not in session_cache:
-    config = _config(case, runs, steps, eval_interval=steps)
+    config = throughput_config(case, runs, steps, eval_interval=steps)
     session_cache[key] = train.Trainer(config, dataset=_dataset(config.dataset), devices=devices)
   return session_cache[key]
 
@@ -100,7 +84,7 @@ def _steps(case, full):
 
 def _loop_inputs(case, steps):
   """Config, dataset, program and each step's batch indices (the engine's)."""
-  config = _config(case, 1, steps, eval_interval=steps)
+  config = throughput_config(case, 1, steps, eval_interval=steps)
   dataset = _dataset(config.dataset)
   program = train._Program(config, dataset)
   data_key = jax.random.fold_in(jax.random.key(0), 1)
