@@ -509,6 +509,11 @@ def fused_linear_loss(hidden, weight, labels, *, loss: str = "cross_entropy", bi
 
   matmul_dtype = jnp.promote_types(hidden.dtype, weight.dtype)
   compute_dtype = _checks.compute_dtype(matmul_dtype)
+  if jax.default_backend() == "cpu":
+    # XLA:CPU converts bfloat16/float16 operands of every product to float32,
+    # inside the loop a float32 copy of the weight per block of rows (4096 x
+    # 512 x 32768 bfloat16: 5.1 s vs optax's 4.3 s); converted once, 3.x s.
+    matmul_dtype = compute_dtype
   names = form.statistics + (("zmax", "sumexp") if not _is_zero(z_loss) else ())
   block_rows, block_classes = _block_sizes(strategy, rows, local, block_rows, block_classes)
   plan = _Plan(form, _statistics.closure(names), total, local, block_rows, block_classes,
