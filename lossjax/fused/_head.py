@@ -409,7 +409,7 @@ def _block_sizes(strategy, rows, classes, block_rows, block_classes):
 
 
 def fused_linear_loss(hidden, weight, labels, *, loss: str = "cross_entropy", bias=None,
-                      where=None, reduction: str = "none", z_loss=0.0,
+                      where=None, weights=None, reduction: str = "none", z_loss=0.0,
                       soft_cap: float | None = None, strategy: str = "auto",
                       block_rows: int | None = None, block_classes: int | None = None,
                       vocab_axis: str | None = None, **loss_options) -> Array:
@@ -447,6 +447,10 @@ def fused_linear_loss(hidden, weight, labels, *, loss: str = "cross_entropy", bi
     bias: optional ``[V]``.
     where: optional ``[...]`` boolean mask; masked examples give 0 and no
       gradient, their labels are not checked; all masked gives 0, not NaN.
+    weights: optional ``[...]`` per-example weights ``>= 0``: ``"none"``
+      returns ``w * loss``, ``"sum"`` sums it, ``"mean"`` divides that sum by
+      the unmasked examples' total weight (0 when it is 0), as
+      ``lossjax.reduction.weighted_mean``.
     reduction: ``"none"`` (``[...]`` per-example losses), ``"mean"`` over
       the unmasked examples or ``"sum"`` (scalars).
     z_loss: weight of the squared log-normaliser (PaLM's 1e-4), ``>= 0``.
@@ -481,6 +485,10 @@ def fused_linear_loss(hidden, weight, labels, *, loss: str = "cross_entropy", bi
   Chowdhery et al., "PaLM", 2022; soft-capping: Gemma Team, "Gemma 2", 2024.
   """
   hidden, weight, labels, bias, where = _check_inputs(hidden, weight, labels, bias, where)
+  if weights is not None:
+    weights = _checks.floating_array(weights, "weights")
+    _checks.check_shape(weights, labels.shape, "weights", "one per example, the shape of `labels`")
+    _checks.check_nonnegative(weights, "weights")
   if reduction not in REDUCTIONS:
     raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}.")
   if strategy not in STRATEGIES:
@@ -521,10 +529,14 @@ def fused_linear_loss(hidden, weight, labels, *, loss: str = "cross_entropy", bi
   operands = (flat_hidden.astype(matmul_dtype), weight.astype(matmul_dtype), bias,
               flat_labels, columns)
 
+  kept = jnp.ones(rows, compute_dtype) if flat_where is None else flat_where.astype(compute_dtype)
+  example_weights = kept if weights is None else kept * weights.reshape(rows).astype(compute_dtype)
   if strategy == "recompute":
     per_example = _per_example_recompute(plan)(*operands)
     if valid is not None:
       per_example = jnp.where(valid, per_example, jnp.nan)
+    if weights is not None:
+      per_example = per_example * example_weights
     if flat_where is not None:
       per_example = jnp.where(flat_where, per_example, 0.0)
     if reduction == "none":
@@ -532,21 +544,25 @@ def fused_linear_loss(hidden, weight, labels, *, loss: str = "cross_entropy", bi
     total_loss = jnp.sum(per_example)
     if reduction == "sum":
       return total_loss
-    count = rows if flat_where is None else jnp.sum(flat_where)
-    return total_loss / jnp.maximum(jnp.asarray(count, compute_dtype), 1.0)
+    return total_loss / _total_weight(example_weights)
 
-  kept = (jnp.ones(rows, jnp.bool_) if flat_where is None else flat_where)
-  scale = kept.astype(compute_dtype)
+  scale = example_weights
   if reduction == "mean":
-    scale = scale / jnp.maximum(jnp.sum(scale), 1.0)
+    scale = scale / _total_weight(scale)
   if valid is not None:
     # An invalid label's example gives NaN (the value), and no gradient.
-    invalid = kept & ~valid
+    invalid = (kept > 0) & ~valid
     scale = jnp.where(invalid, 0.0, scale)
   value = _reduced_forward_gradients(plan)(*operands, scale)
   if valid is not None:
     value = jnp.where(jnp.any(invalid), jnp.nan, value)
   return value
+
+
+def _total_weight(weights: Array) -> Array:
+  # max(total, tiny): all-zero weights (every example masked) give 0, not NaN.
+  total = jnp.sum(weights)
+  return jnp.maximum(total, jnp.finfo(total.dtype).tiny)
 
 
 def fused_linear_cross_entropy(hidden, weight, labels, **options) -> Array:

@@ -53,9 +53,10 @@ def closure(names) -> tuple[str, ...]:
 
 
 def _weights(tile: Tile, name: str, like: Array) -> Array:
-  """The per-class parameter `name` of the block ([vb]); ones if not given."""
+  """The per-class parameter `name` of the block as `[1, vb]`; ones if not given."""
   value = tile.columns.get(name)
-  return jnp.ones(like.shape[-1:], like.dtype) if value is None else value
+  value = jnp.ones(like.shape[-1:], like.dtype) if value is None else value.astype(like.dtype)
+  return value[None, :]
 
 
 def _row_sum(values: Array) -> Array:
@@ -78,7 +79,8 @@ def block(names: tuple[str, ...], z: Array, tile: Tile) -> dict[str, Array]:
     stats["sumexp2_other"] = _row_sum(jnp.where(tile.is_label, zero, jnp.exp(2 * shifted)))
   weights = _weights(tile, "class_weights", z)
   if "wsum" in names:
-    stats["wsum"] = jnp.broadcast_to(jnp.sum(jnp.where(tile.valid, weights, zero)), z.shape[:1])
+    stats["wsum"] = jnp.broadcast_to(jnp.sum(jnp.where(tile.valid[None, :], weights, zero)),
+                                     z.shape[:1])
   if "gap" in names:
     # sum_c w_c (m - z_c): every term >= 0, so nothing cancels.
     stats["gap"] = _row_sum(jnp.where(valid, weights * (stats["zmax"][:, None] - z), zero))
@@ -170,8 +172,9 @@ def surrogate(z: Array, tile: Tile, final: dict, cotangents: dict) -> Array:
     terms = _margin_terms(z, tile)
     # The maximum's derivative, split evenly between ties (as jnp.max's).
     at_max = jax.lax.stop_gradient(valid & (terms == final["margin"][:, None]))
-    total = total + jnp.sum((cotangents["margin"] / final["margin_count"])[:, None]
-                            * jnp.where(at_max, terms, zero))
+    # (Padding rows have a count of 0 and a cotangent of 0.)
+    share = cotangents["margin"] / jnp.maximum(final["margin_count"], 1.0)
+    total = total + jnp.sum(share[:, None] * jnp.where(at_max, terms, zero))
   return total
 
 
