@@ -6,10 +6,13 @@
 Array(0.24..., dtype=float32)
 """
 
+from lossjax import fused
 from lossjax import losses
 from lossjax import reduction
 from lossjax.checking import checked
 from lossjax.checking import label_checks
+from lossjax.fused import fused_linear_cross_entropy
+from lossjax.fused import fused_linear_loss
 from lossjax.losses import brier_loss
 from lossjax.losses import class_balanced_weights
 from lossjax.losses import generalized_cross_entropy

@@ -49,17 +49,28 @@ def expected_calibration_error(logits, labels, num_bins: int = 15) -> Array:
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   confidence = jnp.max(probs, axis=-1)
   correct = (jnp.argmax(probs, axis=-1) == labels).astype(jnp.float32)
+  return calibration_error(confidence, correct, num_bins)
+
+
+def calibration_error(confidence, correct, num_bins: int = 15) -> Array:
+  """ECE from each example's top probability `[N]` and whether its top class
+  is right (`[N]`, 0 or 1): ``expected_calibration_error`` without logits."""
   in_bin = confidence_bins(confidence, num_bins)[:, None] == jnp.arange(num_bins)[None, :]
   # A masked sum, not a scatter-add (segment_sum): on a GPU the scatter's
   # float additions come in a varying order, so the same run gave ECEs
   # differing in the 8th digit.
   gap = jnp.sum(jnp.where(in_bin, (correct - confidence)[:, None], 0.0), axis=0)
-  return jnp.sum(jnp.abs(gap)) / labels.shape[0]
+  return jnp.sum(jnp.abs(gap)) / correct.shape[0]
 
 
 def per_class_recall(logits, labels, num_classes: int) -> Array:
   """Recall of each class; NaN for a class absent from `labels`."""
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  return recall_by_class(correct, labels, num_classes)
+
+
+def recall_by_class(correct, labels, num_classes: int) -> Array:
+  """``per_class_recall`` from whether each example's top class is right."""
   hits = jax.ops.segment_sum(correct, labels, num_segments=num_classes)
   counts = jax.ops.segment_sum(jnp.ones_like(correct), labels, num_segments=num_classes)
   return jnp.where(counts > 0, hits / jnp.maximum(counts, 1.0), jnp.nan)

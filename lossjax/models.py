@@ -44,12 +44,16 @@ class MLP(nnx.Module):
     self.out = nnx.Linear(sizes[-1], num_classes, kernel_init=init, rngs=rngs)
     self.activation = activation
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def features(self, x: jax.Array) -> jax.Array:
+    """The last hidden layer's activations, the input of `out`."""
     x = x.reshape(x.shape[0], -1)
     act = ACTIVATIONS[self.activation]
     for layer in self.hidden:
       x = act(layer(x))
-    return self.out(x)
+    return x
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.out(self.features(x))
 
 
 class CNN(nnx.Module):
@@ -69,14 +73,17 @@ class CNN(nnx.Module):
     self.out = nnx.Linear(width, num_classes, kernel_init=init, rngs=rngs)
     self.activation = activation
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def features(self, x: jax.Array) -> jax.Array:
+    """The dense layer's activations, the input of `out`."""
     act = ACTIVATIONS[self.activation]
     pool = _average_pool_2x2
     conv = lambda layer, x: conv2d_same(x, layer.kernel[...], layer.bias[...])
     x = pool(act(conv(self.conv1, x)))
     x = pool(act(conv(self.conv2, x)))
-    x = act(self.dense(x.reshape(x.shape[0], -1)))
-    return self.out(x)
+    return act(self.dense(x.reshape(x.shape[0], -1)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.out(self.features(x))
 
 
 def conv2d_same(x: jax.Array, kernel: jax.Array, bias: jax.Array, *,
@@ -170,6 +177,10 @@ class ModelConfig:
 class ModelFns:
   init: Callable[[jax.Array], Any]
   apply: Callable[[Any, jax.Array], jax.Array]
+  # For a fused head (`lossjax.fused`): the input of the last layer, and that
+  # layer's kernel [D, C] and bias [C]; `apply` is `features @ kernel + bias`.
+  features: Callable[[Any, jax.Array], jax.Array]
+  head: Callable[[Any], tuple[jax.Array, jax.Array]]
   flops_per_example: int  # forward multiply-adds x 2
   # A training step's: the forward pass, the weight gradients (as many again)
   # and the input gradients of every layer but the first (nothing needs the
@@ -205,8 +216,15 @@ def build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -
   def apply(params, x: jax.Array) -> jax.Array:
     return nnx.merge(graphdef, params)(x)
 
+  def features(params, x: jax.Array) -> jax.Array:
+    return nnx.merge(graphdef, params).features(x)
+
+  def head(params) -> tuple[jax.Array, jax.Array]:
+    out = nnx.merge(graphdef, params).out
+    return out.kernel[...], out.bias[...]
+
   forward, first_layer = _forward_flops(config, input_shape, num_classes)
-  return ModelFns(init, apply, forward, 3 * forward - first_layer)
+  return ModelFns(init, apply, features, head, forward, 3 * forward - first_layer)
 
 
 def mlp_layer_sizes(config: ModelConfig, input_shape, num_classes: int) -> list[int]:

@@ -321,3 +321,28 @@ def test_vocabulary_sharded_over_8_devices_matches_one():
   assert len(result["errors"]) == 6
   for case, errors in result["errors"].items():
     assert max(errors) < 1e-5, (case, errors)
+
+
+def test_nnx_head_matches_the_layer_and_reaches_its_parameters(rng):
+  layer = nnx.Linear(16, 101, rngs=nnx.Rngs(0))
+  hidden = jnp.asarray(rng.normal(size=(12, 16)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 101, 12), jnp.int32)
+  head = lossjax.fused.nnx_head(layer, loss="focal", gamma=1.0)
+  fused = lambda layer: lossjax.fused.nnx_head(layer, loss="focal", gamma=1.0)(
+      hidden, labels, reduction="mean")
+  reference = lambda layer: jnp.mean(losses.get("focal", gamma=1.0)(layer(hidden), labels))
+  _close(head(hidden, labels), losses.get("focal", gamma=1.0)(layer(hidden), labels))
+  got, want = nnx.grad(fused)(layer), nnx.grad(reference)(layer)
+  _close(got.kernel[...], want.kernel[...])
+  _close(got.bias[...], want.bias[...])
+  with pytest.raises(TypeError, match="must be an nnx.Linear"):
+    lossjax.fused.nnx_head(lambda x: x)
+
+
+def test_docstring_examples_run():
+  import doctest
+
+  from lossjax.fused import _head, _nnx
+  for module in (_head, _nnx):
+    failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert tried and not failures, module.__name__

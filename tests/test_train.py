@@ -279,3 +279,18 @@ def test_permutation_is_uniform():
   positions = np.argsort(orders, axis=1)  # positions[s, i]: where element i went
   std_of_mean = np.sqrt((n * n - 1) / 12 / 2000)
   assert np.all(np.abs(positions.mean(axis=0) - (n - 1) / 2) < 5 * std_of_mean)
+
+
+def test_fused_head_trains_as_the_materialised_head():
+  """`fused_head=True` gives the same runs (same batches, same loss, its
+  gradients computed without logits) and the same chunked evaluation."""
+  options = dict(dataset="blobs", dataset_options={"num_classes": 50, "num_examples": 1000,
+                                                   "dim": 16},
+                 loss="label_smoothing", model=models.ModelConfig(width=32), seeds=(0, 1),
+                 learning_rates=(0.1,), steps=40, eval_interval=20, class_balance_beta=0.9)
+  plain = train.train(train.TrainConfig(**options))
+  fused = train.train(train.TrainConfig(**options, fused_head=True))
+  for name, values in plain.metrics.items():
+    np.testing.assert_allclose(fused.metrics[name], values, rtol=2e-5, atol=1e-6, err_msg=name)
+  with pytest.raises(ValueError, match="`fused_head` needs a multiclass loss"):
+    train.TrainConfig(dataset="breast_cancer", loss="binary_cross_entropy", fused_head=True)
