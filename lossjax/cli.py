@@ -75,6 +75,9 @@ def _train_parser(sub) -> None:
                  help="long-tail the training data with this imbalance factor")
   p.add_argument("--noise", type=float, default=None,
                  help="symmetric label-noise rate on the training labels")
+  p.add_argument("--fused-head", action="store_true",
+                 help="last layer and loss as one lossjax.fused head (no logits array; "
+                      "for many classes)")
   p.add_argument("--json", default=None, metavar="PATH",
                  help="write the history here (default: print a summary only)")
   p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -98,7 +101,7 @@ def _train(args) -> int:
         loss=args.loss, optimizer=args.optimizer, optimizer_options=optimizer_options,
         schedule=args.schedule, batch_size=args.batch_size, steps=args.steps,
         eval_interval=args.eval_interval, seeds=tuple(range(args.seeds)),
-        learning_rates=args.lrs)
+        learning_rates=args.lrs, fused_head=args.fused_head)
     history = train.train(config, progress=not args.quiet)
   except (ValueError, TypeError, data.DatasetUnavailableError) as error:
     raise SystemExit(f"lossjax train: {error}") from None
