@@ -180,6 +180,55 @@ def _training_table(benchmarks, ceiling) -> list[str]:
   return lines + [""]
 
 
+FUSED_IMPLS = ("lossjax", "lossjax_recompute", "optax_materialised", "torch_chunked",
+               "torch_reference")
+
+
+def _mib(value) -> str:
+  return "—" if value is None else f"{value / 2**20:,.0f} MiB"
+
+
+def _fused_head_table(benchmarks, ceiling) -> list[str]:
+  entries = [b["extra_info"] for b in _by_test(benchmarks, "test_fused_head", "milliseconds")]
+  if not entries:
+    return []
+  lines = ["### Fused linear + cross-entropy heads (value_and_grad of the mean w.r.t. hidden "
+           "and weight)", "",
+           "All implementations called alternately in one test, after an untimed call each "
+           "(median of the rounds). `lossjax`: `fused_linear_loss(..., reduction=\"mean\")`, "
+           "gradients computed in the forward pass (three products); `lossjax_recompute`: the "
+           "per-example path, logits recomputed in the backward pass (four products); "
+           "`optax_materialised`: optax's cross-entropy on `h @ W` under `jit`; PyTorch 2.13's "
+           "`linear_cross_entropy` with `LinearCrossEntropyOptions()` (chunked) and without "
+           "(reference). Memory: XLA's temporary bytes (`compiled.memory_analysis()`); for "
+           "PyTorch, the peak RSS growth of one call in a fresh process. Floor: three "
+           "products of 2 N D V flops"
+           + (f", as a share of the {ceiling:.0f} GFLOP/s matmul rate measured in this run."
+              if ceiling else "."), "",
+           "| N x D x V | dtype | impl | ms | vs optax | vs lossjax | memory | of matmul rate |",
+           "|---|---|---|---|---|---|---|---|"]
+  for e in sorted(entries, key=lambda e: (e["classes"], e["dtype"] != "float32")):
+    ms = e["milliseconds"]
+    shape = f"{e['rows']}x{e['features']}x{e['classes']}"
+    for impl in FUSED_IMPLS:
+      memory = (e["xla_temp_bytes"].get(impl) if impl in e["xla_temp_bytes"]
+                else e.get("torch_peak_rss_growth_bytes", {}).get(impl))
+      if impl not in ms and memory is None:
+        continue
+      mine = ms.get(impl)
+      rate = (e["floor_flops"] / (mine / 1e3) / 1e9) if mine else None
+      cells = [shape, e["dtype"], f"`{impl}`", _num(mine, "{:,.0f}") if mine else "not timed",
+               _num(ms["optax_materialised"] / mine, "{:.2f}x") if mine and "optax_materialised" in ms else "—",
+               _num(mine / ms["lossjax"], "{:.2f}x") if mine and impl != "lossjax" else "—",
+               _mib(memory) + (" (RSS)" if impl.startswith("torch") and memory is not None else ""),
+               _num(rate / ceiling, "{:.0%}") if rate and ceiling else "—"]
+      lines.append("| " + " | ".join(cells) + " |")
+  lines += ["", "`vs optax` = optax's time ÷ this one's (> 1: faster than optax); `vs lossjax` = "
+            "this one's time ÷ lossjax's (> 1: lossjax is faster). Where the materialised program "
+            "is not timed, its memory is from compiling it."]
+  return lines + [""]
+
+
 def _steps_table(benchmarks) -> list[str]:
   entries = _by_test(benchmarks, "test_steps_to_accuracy", "loss")
   if not entries:
@@ -238,6 +287,7 @@ def render(run: dict, sources: list[pathlib.Path]) -> str:
                    f"{floor['milliseconds']:.3g} ms")
     lines.append("")
   lines += _loss_tables(benchmarks, stream)
+  lines += _fused_head_table(benchmarks, ceiling)
   lines += _training_table(benchmarks, ceiling)
   lines += _steps_table(benchmarks)
   return "\n".join(lines) + "\n"
