@@ -42,6 +42,11 @@ def is_traced(value: Any) -> bool:
   return isinstance(value, jax.core.Tracer)
 
 
+def is_static_zero(value) -> bool:
+  """True when `value` is known at trace time to be 0 (a term to skip)."""
+  return not is_traced(value) and bool(np.all(np.asarray(value) == 0))
+
+
 def compute_dtype(dtype) -> np.dtype:
   """The dtype a loss computes and returns in: at least float32."""
   dtype = np.dtype(dtype)

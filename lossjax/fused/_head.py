@@ -22,7 +22,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lossjax import _checks
 from lossjax import losses as losses_lib
@@ -57,7 +56,7 @@ class _Plan:
 
   def finish(self, stats: dict) -> Array:
     loss = self.form.finish(stats)
-    if not _is_zero(self.z_loss):
+    if not _checks.is_static_zero(self.z_loss):
       # z-loss: a penalty on the log-normaliser, pulling logsumexp(z) to 0.
       loss = loss + self.z_loss * jnp.square(_row_losses.log_normalizer(stats))
     return loss
@@ -71,10 +70,6 @@ class _Plan:
       return raw
     # Soft-capping (Gemma 2): cap * tanh(z / cap) keeps every logit in (-cap, cap).
     return self.soft_cap * jnp.tanh(raw / self.soft_cap)
-
-
-def _is_zero(value) -> bool:
-  return not _checks.is_traced(value) and bool(np.all(np.asarray(value) == 0))
 
 
 def _pad_axis(x: Array, axis: int, pad: int, value=0) -> Array:
@@ -433,8 +428,10 @@ def fused_linear_loss(hidden, weight, labels, *, loss: str = "cross_entropy", bi
   - ``reduction="mean"`` or ``"sum"`` (a scalar): the gradients are computed
     during the forward pass, a block of rows with all its classes at a
     time, and the backward pass only scales them (strategy ``"forward"``:
-    three matrix products). ``strategy="recompute"`` forces the other way.
-    The benchmark (``fused_head`` group) times both.
+    three matrix products). ``strategy="recompute"`` forces the other way;
+    the benchmark's ``fused_head`` table times both, and the forward way has
+    been the faster on CPU (``results/BENCHMARKS.md``), so ``"auto"`` takes
+    it wherever the output is a scalar.
 
   Args:
     hidden: ``[..., D]`` features (the layer's input).
@@ -522,7 +519,7 @@ def fused_linear_loss(hidden, weight, labels, *, loss: str = "cross_entropy", bi
     # inside the loop a float32 copy of the weight per block of rows (4096 x
     # 512 x 32768 bfloat16: 5.1 s vs optax's 4.3 s); converted once, 3.x s.
     matmul_dtype = compute_dtype
-  names = form.statistics + (("zmax", "sumexp") if not _is_zero(z_loss) else ())
+  names = form.statistics + (("zmax", "sumexp") if not _checks.is_static_zero(z_loss) else ())
   block_rows, block_classes = _block_sizes(strategy, rows, local, block_rows, block_classes)
   plan = _Plan(form, _statistics.closure(names), total, local, block_rows, block_classes,
                compute_dtype, matmul_dtype, z_loss, soft_cap, vocab_axis)

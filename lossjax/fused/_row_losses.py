@@ -28,7 +28,6 @@ class RowLoss:
   statistics: tuple[str, ...]
   finish: Callable[[dict], Array]  # statistics over all classes -> [n] losses
   columns: dict = dataclasses.field(default_factory=dict)  # name -> [V] parameters
-  log_normalizer: bool = False  # built on logsumexp (z-loss comes free)
 
 
 def log_normalizer(stats: dict) -> Array:
@@ -42,7 +41,7 @@ def true_class_log_prob(stats: dict) -> Array:
 
 def _cross_entropy_form(num_classes, *, class_weights=None, label_smoothing=0.0) -> RowLoss:
   _checks.check_in_range(label_smoothing, "label_smoothing", 0.0, 1.0)
-  smoothing = not _cross_entropy._is_static_zero(label_smoothing)
+  smoothing = not _checks.is_static_zero(label_smoothing)
   names = ["zmax", "sumexp", "label"]
   if class_weights is not None:
     names.append("label_weight")
@@ -60,7 +59,7 @@ def _cross_entropy_form(num_classes, *, class_weights=None, label_smoothing=0.0)
     return loss
 
   columns = {} if class_weights is None else {"class_weights": class_weights}
-  return RowLoss(tuple(names), finish, columns, log_normalizer=True)
+  return RowLoss(tuple(names), finish, columns)
 
 
 def _focal_form(num_classes, *, gamma=2.0, alpha=None) -> RowLoss:
@@ -75,13 +74,13 @@ def _focal_form(num_classes, *, gamma=2.0, alpha=None) -> RowLoss:
       return loss * stats["label_alpha"]
     return loss if alpha is None else loss * alpha
 
-  return RowLoss(names, finish, {"alpha": alpha} if per_class else {}, log_normalizer=True)
+  return RowLoss(names, finish, {"alpha": alpha} if per_class else {})
 
 
 def _true_class_form(of_log_prob: Callable[[Array], Array]) -> RowLoss:
   """A loss that depends on the true class's log-probability alone."""
   return RowLoss(("zmax", "sumexp", "label"),
-                 lambda stats: of_log_prob(true_class_log_prob(stats)), log_normalizer=True)
+                 lambda stats: of_log_prob(true_class_log_prob(stats)))
 
 
 def _poly1_form(num_classes, *, epsilon=2.0) -> RowLoss:
@@ -104,7 +103,7 @@ def _brier_form(num_classes) -> RowLoss:
     # sum accumulated without the true class so that nothing cancels.
     one_minus = _softmax.one_minus_prob(true_class_log_prob(stats))
     return jnp.square(one_minus) + stats["sumexp2_other"] / jnp.square(stats["sumexp"])
-  return RowLoss(("zmax", "sumexp", "sumexp2_other", "label"), finish, log_normalizer=True)
+  return RowLoss(("zmax", "sumexp", "sumexp2_other", "label"), finish)
 
 
 def _mse_form(num_classes, *, k=1.0, m=1.0) -> RowLoss:

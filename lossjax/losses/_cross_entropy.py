@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lossjax import _checks
 from lossjax import _softmax
 from lossjax.losses import _prepare
 
 Array = jax.Array
-
-
-def _is_static_zero(value) -> bool:
-  """True when `value` is known at trace time to be 0 (skip that term)."""
-  return not _checks.is_traced(value) and bool(np.all(np.asarray(value) == 0))
 
 
 def _uniform_target_term(logits: Array, log_norm: Array,
@@ -72,7 +66,7 @@ def softmax_cross_entropy_with_integer_labels(
   loss = log_norm - _softmax.take_class(batch.logits, batch.labels)
   if weights is not None:
     loss = loss * weights[batch.labels]
-  if not _is_static_zero(label_smoothing):
+  if not _checks.is_static_zero(label_smoothing):
     uniform = _uniform_target_term(batch.logits, log_norm, weights)
     loss = (1.0 - label_smoothing) * loss + (
         label_smoothing / batch.num_classes) * uniform
@@ -112,7 +106,7 @@ def softmax_cross_entropy(
   batch = _prepare.probability_label_batch(logits, labels, axis, where)
   weights = _prepare.per_class(class_weights, batch, "class_weights")
   targets = batch.labels
-  if not _is_static_zero(label_smoothing):
+  if not _checks.is_static_zero(label_smoothing):
     targets = (1.0 - label_smoothing) * targets + (
         label_smoothing / targets.shape[-1])
   if weights is not None:
