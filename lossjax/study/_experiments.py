@@ -60,12 +60,17 @@ def _minority_classes(dataset: data.Dataset, count: int = 3) -> np.ndarray:
 
 def run_setting(setting: str, config: train.TrainConfig, dataset: data.Dataset, *,
                 select: str = "val_accuracy", target: float | None = 0.9,
-                binary: bool = False, log: Callable[[str], None] = print) -> tuple[list, dict]:
+                binary: bool = False, posthoc: bool = True,
+                log: Callable[[str], None] = print) -> tuple[list, dict]:
   """Trains the grid of `config`, picks the learning rate on validation, and
-  returns the chosen runs' rows and the curves of their training."""
+  returns the chosen runs' rows and the curves of their training.
+
+  `posthoc=False` skips what needs every run's final logits (temperature
+  scaling, minority recall, the reliability curve): for tens of thousands of
+  classes those logits do not fit in memory."""
   started = time.perf_counter()
   trainer = train.Trainer(config, dataset=dataset)
-  history = trainer.run(keep_final_logits=True)
+  history = trainer.run(keep_final_logits=posthoc)
   if select == "val_auroc":
     scores = [_binary_scores(history.final_logits["val"][r]) for r in range(history.num_runs)]
     val_auroc = np.array([metrics.auroc(s, dataset.y_val) if np.all(np.isfinite(s)) else np.nan
@@ -92,6 +97,8 @@ def run_setting(setting: str, config: train.TrainConfig, dataset: data.Dataset, 
       # Not reached: counted as one interval past the budget (a lower bound).
       steps = history.eval_steps[reached.argmax()] if reached.any() else budget_steps + config.eval_interval
       add(run, "steps_to_target", float(steps))
+    if not posthoc:
+      continue
     val_logits = history.final_logits["val"][run]
     test_logits = history.final_logits["test"][run]
     if not (np.all(np.isfinite(val_logits)) and np.all(np.isfinite(test_logits))):
@@ -117,7 +124,8 @@ def run_setting(setting: str, config: train.TrainConfig, dataset: data.Dataset, 
       "test_accuracy": np.nanmean(history.metrics["test_accuracy"][runs], axis=0).tolist(),
       "misclassified_grad_norm": np.nanmean(
           history.metrics["test_misclassified_grad_norm"][runs], axis=0).tolist(),
-      "reliability": _reliability(history.final_logits["test"][runs], dataset.y_test),
+      "reliability": (_reliability(history.final_logits["test"][runs], dataset.y_test)
+                      if posthoc else None),
   }
   variant = config.loss + (" (class-balanced)" if config.class_balance_beta else "") + (
       f" (after {config.pretrain_loss})" if config.pretrain_loss else "")
@@ -269,8 +277,13 @@ def threshold(budget: Budget, dataset_name: str, log) -> dict:
   return _collect(settings, budget, log)
 
 
+MANY_CLASSES_LOSSES = ("cross_entropy", "mse", "mse_rescaled")
+
+
 def many_classes(budget: Budget, dataset_name: str, log) -> dict:
-  """Beyond the article: CE vs plain and rescaled (Hui & Belkin) MSE, C up to 1000."""
+  """Beyond the article: CE vs plain and rescaled (Hui & Belkin) MSE, C up to
+  32768, every model's last layer and loss trained as a fused head
+  (`lossjax.fused`: no [batch, C] logits)."""
   settings = []
   for classes in ((100,) if budget.quick else (100, 1000)):
     # spread 0.7: a nearest-centre classifier would score ~90% (C=100) and ~70%
@@ -278,10 +291,30 @@ def many_classes(budget: Budget, dataset_name: str, log) -> dict:
     options = {"num_classes": classes, "num_examples": 20 * classes, "dim": 64, "spread": 0.7}
     dataset = data.load("blobs", **options)
     configs = [_config(budget, dataset="blobs", loss=l, dataset_options=options,
-                       model=models.ModelConfig(width=budget.width))
-               for l in ("cross_entropy", "mse", "mse_rescaled")]
+                       model=models.ModelConfig(width=budget.width), fused_head=True)
+               for l in MANY_CLASSES_LOSSES]
     settings.append((f"blobs C={classes}", dataset, configs, {"target": None}))
+  settings.append(_vocabulary_setting(budget))
   return _collect(settings, budget, log)
+
+
+def _vocabulary_setting(budget: Budget):
+  """A language-model-sized label space: C = 32768 blobs, 8 examples a class
+  (5 train, 2 validation, 1 test), one evaluation at the end of training (an
+  evaluation of the 98,304 validation and test examples costs as much as
+  ~200 training steps) and no post-hoc metrics (the runs' final logits
+  would take gigabytes). Mean-over-classes squared error scales its gradient
+  by 1/C, so the rate grid reaches 100."""
+  classes = 512 if budget.quick else 32768
+  options = {"num_classes": classes, "num_examples": 8 * classes, "dim": 64, "spread": 0.3}
+  steps = budget.small_steps
+  configs = [_config(budget, dataset="blobs", loss=l, dataset_options=options, steps=steps,
+                     seeds=min(budget.seeds, 2), learning_rates=(0.1, 1.0, 10.0, 100.0),
+                     model=models.ModelConfig(width=64), fused_head=True)
+             for l in MANY_CLASSES_LOSSES]
+  configs = [dataclasses.replace(c, eval_interval=steps) for c in configs]
+  return (f"blobs C={classes}", data.load("blobs", **options), configs,
+          {"target": None, "posthoc": False})
 
 
 def label_noise(budget: Budget, dataset_name: str, log) -> dict:
