@@ -180,7 +180,7 @@ def _training_table(benchmarks, ceiling) -> list[str]:
   return lines + [""]
 
 
-FUSED_IMPLS = ("lossjax", "lossjax_recompute", "optax_materialised", "torch_chunked",
+FUSED_IMPLS = ("lossjax_forward", "lossjax_recompute", "optax_materialised", "torch_chunked",
                "torch_reference")
 
 
@@ -195,9 +195,11 @@ def _fused_head_table(benchmarks, ceiling) -> list[str]:
   lines = ["### Fused linear + cross-entropy heads (value_and_grad of the mean w.r.t. hidden "
            "and weight)", "",
            "All implementations called alternately in one test, after an untimed call each "
-           "(median of the rounds). `lossjax`: `fused_linear_loss(..., reduction=\"mean\")`, "
-           "gradients computed in the forward pass (three products); `lossjax_recompute`: the "
-           "per-example path, logits recomputed in the backward pass (four products); "
+           "(median of the rounds). `fused_linear_loss(..., reduction=\"mean\")` with "
+           "`lossjax_forward`: gradients computed in the forward pass (three products); "
+           "`lossjax_recompute`: logits recomputed in the backward pass (four products, the "
+           "per-example path); *(auto)* marks the one `strategy=\"auto\"` takes there, which "
+           "`vs lossjax` compares with; "
            "`optax_materialised`: optax's cross-entropy on `h @ W` under `jit`; PyTorch 2.13's "
            "`linear_cross_entropy` with `LinearCrossEntropyOptions()` (chunked) and without "
            "(reference). Memory: XLA's temporary bytes (`compiled.memory_analysis()`); for "
@@ -210,6 +212,7 @@ def _fused_head_table(benchmarks, ceiling) -> list[str]:
   for e in sorted(entries, key=lambda e: (e["classes"], e["dtype"] != "float32")):
     ms = e["milliseconds"]
     shape = f"{e['rows']}x{e['features']}x{e['classes']}"
+    auto = e["auto"]
     for impl in FUSED_IMPLS:
       memory = (e["xla_temp_bytes"].get(impl) if impl in e["xla_temp_bytes"]
                 else e.get("torch_peak_rss_growth_bytes", {}).get(impl))
@@ -217,12 +220,17 @@ def _fused_head_table(benchmarks, ceiling) -> list[str]:
         continue
       mine = ms.get(impl)
       rate = (e["floor_flops"] / (mine / 1e3) / 1e9) if mine else None
-      cells = [shape, e["dtype"], f"`{impl}`", _num(mine, "{:,.0f}") if mine else "not timed",
+      cells = [shape, e["dtype"], f"`{impl}`" + (" *(auto)*" if impl == auto else ""),
+               _num(mine, "{:,.0f}") if mine else "not timed",
                _num(ms["optax_materialised"] / mine, "{:.2f}x") if mine and "optax_materialised" in ms else "—",
-               _num(mine / ms["lossjax"], "{:.2f}x") if mine and impl != "lossjax" else "—",
+               _num(mine / ms[auto], "{:.2f}x") if mine and impl != auto else "—",
                _mib(memory) + (" (RSS)" if impl.startswith("torch") and memory is not None else ""),
                _num(rate / ceiling, "{:.0%}") if rate and ceiling else "—"]
       lines.append("| " + " | ".join(cells) + " |")
+  for e in entries:
+    if "torch_not_timed" in e:
+      lines += ["", f"PyTorch not timed at {e['rows']}x{e['features']}x{e['classes']} "
+                f"{e['dtype']}: {e['torch_not_timed']}."]
   lines += ["", "`vs optax` = optax's time ÷ this one's (> 1: faster than optax); `vs lossjax` = "
             "this one's time ÷ lossjax's (> 1: lossjax is faster). Where the materialised program "
             "is not timed, its memory is from compiling it."]

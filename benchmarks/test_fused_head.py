@@ -4,7 +4,9 @@ logits and PyTorch 2.13's `linear_cross_entropy` (chunked and reference).
 One test per case (N, D, V, dtype): `value_and_grad` of the mean cross-entropy
 with respect to the hidden states and the weight. Every implementation is
 called alternately in the test (one round each, then again), after an
-untimed call each; JAX programs report XLA's temporary bytes from
+untimed call each (the rounds' median); `lossjax_forward` and
+`lossjax_recompute` are the two gradient strategies, one of them what
+`strategy="auto"` takes at that shape. JAX programs report XLA's temporary bytes from
 `compiled.memory_analysis()`, PyTorch's the peak RSS growth of one call in a
 fresh process. The floor is three matrix products of 2 N D V flops (forward
 logits, the hidden-state gradient, the weight gradient).
@@ -21,7 +23,7 @@ import optax
 import pytest
 
 from benchmarks.conftest import device_facts, interleaved_medians, pedantic, skip_if_too_big
-from lossjax.fused import fused_linear_loss
+from lossjax.fused import default_strategy, fused_linear_loss
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # (rows, features, classes, dtype, time the materialised and PyTorch programs)
@@ -49,7 +51,8 @@ def _inputs(rows, features, classes, dtype):
 def _jax_programs(hidden, weight, labels, time_materialised: bool):
   y = jnp.asarray(labels)
   programs = {
-      "lossjax": lambda h, w: fused_linear_loss(h, w, y, reduction="mean"),
+      "lossjax_forward": lambda h, w: fused_linear_loss(h, w, y, reduction="mean",
+                                                        strategy="forward"),
       "lossjax_recompute": lambda h, w: fused_linear_loss(h, w, y, reduction="mean",
                                                           strategy="recompute"),
       "optax_materialised": lambda h, w: jnp.mean(
@@ -62,6 +65,27 @@ def _jax_programs(hidden, weight, labels, time_materialised: bool):
     if name != "optax_materialised" or time_materialised:
       compiled[name] = c
   return compiled, temporaries
+
+
+def _torch_matmul_gflops(dtype: str) -> float:
+  """PyTorch's rate for a 512x512 @ 512x2048 product in `dtype` (best of 3)."""
+  import time
+
+  import torch
+  torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  a, b = torch.ones(512, 512, dtype=torch_dtype), torch.ones(512, 2048, dtype=torch_dtype)
+  seconds = []
+  for _ in range(3):
+    started = time.perf_counter()
+    a @ b
+    seconds.append(time.perf_counter() - started)
+  return 2 * 512 * 512 * 2048 / min(seconds) / 1e9
+
+
+# PyTorch is timed in a low-precision dtype only where its matmul there runs at
+# least this share of its float32 rate: on a CPU without bfloat16 instructions
+# it falls back to a path ~50x slower (one call here would take many minutes).
+TORCH_MIN_RATE_SHARE = 0.1
 
 
 def _torch_call(hidden, weight, labels, dtype: str, chunked: bool):
@@ -126,30 +150,39 @@ def test_fused_head(benchmark, fused_case, full):
   compiled, temporaries = _jax_programs(hidden, weight, labels, time_references)
 
   benchmark.group = f"fused_head {rows}x{features}x{classes} {dtype}"
-  pedantic(benchmark, compiled["lossjax"], (hidden, weight), full=full, rounds=1)
+  auto = "lossjax_" + default_strategy("mean", classes)  # what strategy="auto" takes
+  pedantic(benchmark, compiled[auto], (hidden, weight), full=full, rounds=1)
 
   calls = {name: (lambda c=c: c(hidden, weight)) for name, c in compiled.items()}
-  torch_available = True
+  torch_available, torch_info = True, {}
   try:
     import torch  # noqa: F401
   except ImportError:
     torch_available = False
+  if torch_available and dtype != "float32":
+    rates = {d: _torch_matmul_gflops(d) for d in (dtype, "float32")}
+    torch_info["torch_matmul_gflops"] = rates
+    if rates[dtype] < TORCH_MIN_RATE_SHARE * rates["float32"]:
+      torch_available = False
+      torch_info["torch_not_timed"] = (
+          f"PyTorch's {dtype} matmul runs at {rates[dtype]:.1f} GFLOP/s here vs "
+          f"{rates['float32']:.0f} in float32")
   if time_references and torch_available:
     calls["torch_chunked"] = _torch_call(hidden_np, weight_np, labels, dtype, chunked=True)
     calls["torch_reference"] = _torch_call(hidden_np, weight_np, labels, dtype, chunked=False)
     for name in ("torch_chunked", "torch_reference"):
       calls[name]()  # untimed first call
   for name in compiled:
-    if name != "lossjax":  # lossjax's first calls were the benchmark's
+    if name != auto:  # its first calls were the benchmark's
       jax.block_until_ready(calls[name]())
-  medians = interleaved_medians(calls, (), rounds=2 if full else 1)
+  medians = interleaved_medians(calls, (), rounds=(3 if time_references else 2) if full else 1)
 
   flops = 3 * 2 * rows * features * classes
-  info = {"rows": rows, "features": features, "classes": classes, "dtype": dtype,
+  info = {"rows": rows, "features": features, "classes": classes, "dtype": dtype, "auto": auto,
           "floor_flops": flops, "milliseconds": {k: v * 1e3 for k, v in medians.items()},
           "xla_temp_bytes": temporaries,
           "logits_bytes": rows * classes * jnp.dtype(DTYPES[dtype]).itemsize,
-          "torch_available": torch_available, **device_facts()}
+          "torch_timed": torch_available and time_references, **torch_info, **device_facts()}
   if time_references and torch_available:
     info["torch_peak_rss_growth_bytes"] = {
         name: _torch_peak_rss_growth(fused_case, chunked=name == "torch_chunked")

@@ -346,3 +346,11 @@ def test_docstring_examples_run():
   for module in (_head, _nnx):
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert tried and not failures, module.__name__
+
+
+def test_auto_strategy_recomputes_where_row_blocks_would_be_thin():
+  from lossjax.fused import _head
+  assert lossjax.fused.default_strategy("none", 10) == "recompute"
+  assert lossjax.fused.default_strategy("mean", 32768) == "forward"
+  assert lossjax.fused.default_strategy("sum", 131072) == "recompute"
+  assert _head.TILE_ELEMENTS // 32768 == _head.FORWARD_MIN_ROWS

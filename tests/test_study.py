@@ -107,6 +107,21 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path, capsys):
   assert cli.main(["report", "--out", str(tmp_path)]) == 0
 
 
+@pytest.mark.slow
+def test_quick_many_classes_trains_through_the_fused_head(tmp_path):
+  from lossjax.study import _experiments
+  rows = _experiments.many_classes(_experiments.Budget.quick_budget(), "mnist5k",
+                                   log=lambda message: None)["rows"]
+  settings = {r["setting"] for r in rows}
+  assert settings == {"blobs C=100", "blobs C=512"}
+  for setting in settings:
+    metrics = {r["metric"] for r in rows if r["setting"] == setting}
+    assert {"test_accuracy", "test_nll", "test_ece"} <= metrics
+    # The vocabulary-sized setting keeps no final logits: no post-hoc metrics.
+    assert ("temperature" in metrics) == (setting == "blobs C=100")
+  assert {r["loss"] for r in rows} == set(_experiments.MANY_CLASSES_LOSSES)
+
+
 def test_unknown_experiment_is_named(tmp_path):
   with pytest.raises(SystemExit, match="unknown experiment"):
     cli.main(["study", "--quick", "--out", str(tmp_path), "--only", "nope"])

@@ -7,9 +7,10 @@ ever live (large vocabularies, extreme classification).
 layer; ``fused_losses()`` lists the losses with a fused form.
 """
 
+from lossjax.fused._head import default_strategy
 from lossjax.fused._head import fused_linear_cross_entropy
 from lossjax.fused._head import fused_linear_loss
 from lossjax.fused._head import fused_losses
 from lossjax.fused._nnx import nnx_head
 
-__all__ = ["fused_linear_cross_entropy", "fused_linear_loss", "fused_losses", "nnx_head"]
+__all__ = ["default_strategy", "fused_linear_cross_entropy", "fused_linear_loss", "fused_losses", "nnx_head"]

@@ -35,6 +35,11 @@ Array = jax.Array
 # gradient and the elementwise temporaries stay well below the [N, V] arrays.
 TILE_ELEMENTS = 2**22
 MIN_BLOCK_ROWS = 8
+# The forward strategy's row blocks hold all classes: with fewer rows than
+# this per block its products are too thin (4096 x 512 x 131072 float32 on 2
+# CPU cores: 32-row blocks took ~3x the recompute strategy's time, where at
+# 32768 classes 128-row blocks were the faster), so "auto" recomputes there.
+FORWARD_MIN_ROWS = 128
 REDUCTIONS = ("none", "mean", "sum")
 STRATEGIES = ("auto", "forward", "recompute")
 
@@ -344,6 +349,15 @@ def _row_form(loss: str, num_classes: int, loss_options: dict) -> _row_losses.Ro
   return _row_losses.FORMS[spec.fn](num_classes, **{**spec.hyperparameters, **loss_options})
 
 
+def default_strategy(reduction: str, local_classes: int) -> str:
+  """What ``strategy="auto"`` takes: the forward-gradient way for a scalar
+  reduction whose row blocks can hold ``FORWARD_MIN_ROWS`` rows of all the
+  (local) classes in a tile, the recompute way otherwise."""
+  if reduction != "none" and TILE_ELEMENTS // local_classes >= FORWARD_MIN_ROWS:
+    return "forward"
+  return "recompute"
+
+
 def fused_losses() -> list[str]:
   """The registry's losses that have a fused form (every multiclass one)."""
   return [n for n in losses_lib.names("multiclass")
@@ -429,9 +443,11 @@ def fused_linear_loss(hidden, weight, labels, *, loss: str = "cross_entropy", bi
     during the forward pass, a block of rows with all its classes at a
     time, and the backward pass only scales them (strategy ``"forward"``:
     three matrix products). ``strategy="recompute"`` forces the other way;
-    the benchmark's ``fused_head`` table times both, and the forward way has
-    been the faster on CPU (``results/BENCHMARKS.md``), so ``"auto"`` takes
-    it wherever the output is a scalar.
+    the benchmark's ``fused_head`` table times both (``results/BENCHMARKS.md``):
+    the forward way was the faster while a tile holds at least 128 rows of
+    all classes (32768 classes at the default tile) and much the slower
+    beyond, so ``"auto"`` takes it for scalars up to there
+    (``default_strategy``).
 
   Args:
     hidden: ``[..., D]`` features (the layer's input).
@@ -491,7 +507,7 @@ def fused_linear_loss(hidden, weight, labels, *, loss: str = "cross_entropy", bi
   if strategy not in STRATEGIES:
     raise ValueError(f"`strategy` must be one of {STRATEGIES}, got {strategy!r}.")
   if strategy == "auto":
-    strategy = "recompute" if reduction == "none" else "forward"
+    strategy = default_strategy(reduction, weight.shape[1])
   if strategy == "forward" and reduction == "none":
     raise ValueError("`strategy='forward'` needs a scalar `reduction` ('mean' or 'sum'): "
                      "per-example outputs have per-example cotangents.")
