@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 from benchmarks.conftest import device_facts, interleaved_medians, pedantic, skip_if_too_big
 from lossjax.fused import default_strategy, fused_linear_loss

@@ -77,12 +77,12 @@ class _Plan:
     return self.soft_cap * jnp.tanh(raw / self.soft_cap)
 
 
-def _pad_axis(x: Array, axis: int, pad: int, value=0) -> Array:
+def _pad_axis(x: Array, axis: int, pad: int) -> Array:
   if pad == 0:
     return x
   widths = [(0, 0)] * x.ndim
   widths[axis] = (0, pad)
-  return jnp.pad(x, widths, constant_values=value)
+  return jnp.pad(x, widths)
 
 
 @dataclasses.dataclass(frozen=True)
