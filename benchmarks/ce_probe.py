@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.conftest import (LOSS_SHAPES_FULL, device_facts, interleaved_medians,
-                                 loss_program, random_inputs)
 from lossjax import _softmax, losses
+from lossjax.bench._timing import (LOSS_SHAPES_FULL, device_facts, interleaved_medians,
+                                   loss_program, random_inputs)
 
 f32 = lambda z: z.astype(jnp.float32)
 

@@ -18,8 +18,8 @@
 #   4. the test suite, on the GPU.
 # Everything lands in $OUT: env.txt, loss.json, train.json, shuffle*.json, cli.json,
 # tests.txt.
-# `python -m benchmarks.report loss.json train.json GPU.md` renders the two as
-# one run (results/GPU.md; results/gpu/README.md tells how it was measured).
+# `python -m lossjax.bench.report loss.json train.json GPU.md` renders the two as
+# one run (results/GPU.md; docs/measurement.md tells how it was measured).
 set -u
 : "${OUT:?set OUT to the folder for the results}"
 cd "$(dirname "$0")/.."
@@ -53,13 +53,13 @@ EOF
 
 phase "1. loss throughput"
 if [ "$LIMIT_LOSS" != 0 ]; then
-  limited "$LIMIT_LOSS" $PY -m pytest -q -p no:cacheprovider --benchmark-only \
+  limited "$LIMIT_LOSS" $PY -m pytest -q -p no:cacheprovider -p lossjax.bench.plugin --benchmark-only --lossjax-full \
     benchmarks/test_loss_throughput.py -k "$LOSS_K" --benchmark-json "$OUT/loss.json" \
     --benchmark-columns=median,rounds
 fi
 
 phase "2. training throughput"
-limited "$LIMIT_TRAIN" $PY -m pytest -q -p no:cacheprovider --benchmark-only \
+limited "$LIMIT_TRAIN" $PY -m pytest -q -p no:cacheprovider -p lossjax.bench.plugin --benchmark-only --lossjax-full \
   benchmarks/test_training.py -k "$TRAIN_K" --benchmark-json "$OUT/train.json" \
   --benchmark-columns=median,rounds
 limited 40 $PY -m benchmarks.shuffle_probe "$OUT/shuffle.json"
@@ -72,6 +72,6 @@ time limited 60 $PY -m lossjax train --dataset mnist5k --model mlp \
 phase "4. tests"
 parallel=()  # pytest-xdist processes sharing the GPU; TEST_WORKERS=0: one process
 if [ "${TEST_WORKERS:-8}" != 0 ]; then parallel=(-n "${TEST_WORKERS:-8}"); fi
-XLA_PYTHON_CLIENT_PREALLOCATE=false limited "$LIMIT_TESTS" $PY -m pytest -p no:cacheprovider \
+XLA_PYTHON_CLIENT_PREALLOCATE=false limited "$LIMIT_TESTS" $PY -m pytest -p no:cacheprovider -p lossjax.bench.plugin \
   tests -q -rfE "${parallel[@]}" 2>&1 | tee "$OUT/tests.txt"
 phase "done"

@@ -12,7 +12,7 @@ Variants (each a `lossjax.train.Trainer` whose program drops something):
 - no_evaluation: no validation and test metrics at the end of the chunk;
 - bare: none of the three (what is left: model, loss, optimizer, batch gather).
 
-The cases are the training benchmark's (`benchmarks/training_cases.py`), with
+The cases are the training benchmark's (`lossjax/bench/cases.py`), with
 one evaluation at the last step. The table gives each variant's median
 run-steps/s over the rounds and its share of the engine's time; the
 variants train differently (no shuffle) or skip work, so their numbers are
@@ -27,9 +27,9 @@ import json
 import jax
 import jax.numpy as jnp
 
-from benchmarks.conftest import device_facts, interleaved_medians
-from benchmarks.training_cases import THROUGHPUT_CASES, throughput_config
 from lossjax import train
+from lossjax.bench._timing import device_facts, interleaved_medians
+from lossjax.bench.cases import THROUGHPUT_CASES, throughput_config
 
 # The probe's names for the training benchmark's cases.
 CASES = {"digits": "digits-mlp-64-32-10-tanh", "mnist5k": "mnist5k-mlp"}

@@ -16,8 +16,8 @@ import json
 
 import jax
 
-from benchmarks.conftest import device_facts, interleaved_medians
 from lossjax import train
+from lossjax.bench._timing import device_facts, interleaved_medians
 
 VARIANTS = {
     "lossjax": train.permutation,

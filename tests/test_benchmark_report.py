@@ -2,7 +2,7 @@
 
 import json
 
-from benchmarks import report
+from lossjax.bench import report
 
 
 def _bench(name, median, **extra):

@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: sizes by mode, machine facts, JAX-correct timing."""
+"""Shared benchmark helpers: sizes by grid, machine facts, JAX-correct timing."""
 
 import os
 import resource
@@ -9,19 +9,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import full_benchmarks
+from lossjax.bench.plugin import grid
 
-LOSS_SHAPES_FULL = [(128, 10), (4096, 10), (4096, 1000), (256, 32000), (65536, 1000)]
-LOSS_SHAPES_SMOKE = [(128, 10)]
+# The loss throughput shapes (batch, classes) of each grid: the headline grid
+# is the two largest, where a loss's arithmetic, not dispatch, sets its time.
+LOSS_SHAPES = {"smoke": [(128, 10)], "headline": [(256, 32000), (65536, 1000)],
+               "full": [(128, 10), (4096, 10), (4096, 1000), (256, 32000), (65536, 1000)]}
+LOSS_SHAPES_FULL = LOSS_SHAPES["full"]
+# The smoke grid: float32 only; lossjax's bfloat16 path is tested in tests/.
+LOSS_DTYPES = {"smoke": ("float32",), "headline": ("float32",), "full": ("float32", "bfloat16")}
 
 
 def loss_shapes(config):
-  return LOSS_SHAPES_FULL if full_benchmarks(config) else LOSS_SHAPES_SMOKE
+  return LOSS_SHAPES[grid(config)]
 
 
-@pytest.fixture(scope="session")
-def full(request) -> bool:
-  return full_benchmarks(request.config)
+def loss_dtypes(config):
+  return LOSS_DTYPES[grid(config)]
 
 
 def device_facts() -> dict:
@@ -45,14 +49,15 @@ def skip_if_too_big(needed_bytes: int) -> None:
                 f"{jax.devices()[0].device_kind}")
 
 
-def pedantic(benchmark, compiled, args, *, full: bool, rounds: int = 5, warmup: bool = True):
+def pedantic(benchmark, compiled, args, *, timed: bool, rounds: int = 5, warmup: bool = True):
   """Times `compiled(*args)` to completion: inputs already on the device,
   compilation done by the caller, every round ends with block_until_ready.
+  Untimed (a smoke run), calls it once through the disabled fixture.
 
   `warmup=False` for long jobs whose program was compiled ahead of time.
   """
   run = lambda: jax.block_until_ready(compiled(*args))
-  if not full:
+  if not timed:
     return benchmark(run)
   if warmup:
     run()  # untimed: first-call costs (allocation, thread start) stay out
@@ -100,16 +105,6 @@ def median_seconds(benchmark) -> float:
   if stats is None:  # benchmarks disabled (smoke mode)
     return float("nan")
   return float(stats.stats.median)
-
-
-_SESSION_CACHE: dict = {}
-
-
-@pytest.fixture(scope="session")
-def session_cache() -> dict:
-  """Measurements later benchmarks of the same run refer to (optax times,
-  stream bandwidth, matmul rate)."""
-  return _SESSION_CACHE
 
 
 def random_inputs(shape, dtype, *, kind="multiclass", seed=0):

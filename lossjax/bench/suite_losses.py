@@ -1,0 +1,162 @@
+"""Loss throughput: every registered loss, forward and value_and_grad, beside optax.
+
+One group per (loss, mode, shape, dtype); where optax has the same loss it is
+timed in the same run at the same shape, and lossjax's test also calls both
+programs alternately: that ratio (optax time / lossjax time, > 1 means
+lossjax is faster) goes into ``extra_info``, as the tables show it. Losses
+given with ``--lossjax-loss`` are registered by the plugin and timed as
+the built-in ones are (impl ``user``).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lossjax import losses
+from lossjax.bench._timing import (device_facts, interleaved_medians, loss_dtypes, loss_program,
+                                   loss_shapes, median_seconds, pedantic, random_inputs,
+                                   skip_if_too_big)
+from lossjax.bench.plugin import user_losses
+
+__all__ = ["pytest_generate_tests", "test_stream_read_bandwidth", "test_fresh_output_write",
+           "test_exp_sum_floor", "test_loss_throughput"]
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MODES = ("forward", "value_and_grad")
+
+
+def _optax_fn(spec):
+  if spec.optax_equivalent is None:
+    return None
+  fn = getattr(optax.losses, spec.optax_equivalent)
+  if spec.optax_equivalent == "poly_loss_cross_entropy":
+    # optax's poly loss takes probability labels; one-hot them inside the program.
+    return lambda z, y, **kw: fn(z, jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype), **kw)
+  if spec.kind == "binary":
+    return lambda z, y, **kw: fn(z, y.astype(z.dtype), **kw)
+  return fn
+
+
+def pytest_generate_tests(metafunc):
+  if "floor_shape" in metafunc.fixturenames:
+    shapes = _large_shapes(metafunc.config)
+    metafunc.parametrize("floor_shape", shapes, ids=[f"{b}x{c}" for b, c in shapes])
+  if "loss_case" not in metafunc.fixturenames:
+    return
+  cases, ids = [], []
+  yours = user_losses(metafunc.config)
+  # Shape and dtype outermost: the inputs of one (shape, dtype) are made once.
+  for shape in loss_shapes(metafunc.config):
+    for dtype in loss_dtypes(metafunc.config):
+      for name in losses.names():
+        spec = losses.spec(name)
+        impls = ["user"] if name in yours else (
+            (["optax"] if spec.optax_equivalent else []) + ["lossjax"])
+        for mode in MODES:
+          for impl in impls:  # optax first, so lossjax's ratio can refer to it
+            cases.append((name, shape, dtype, mode, impl))
+            ids.append(f"{name}-{mode}-{shape[0]}x{shape[1]}-{dtype}-{impl}")
+  metafunc.parametrize("loss_case", cases, ids=ids)
+
+
+_INPUTS: dict = {}
+
+
+def _inputs(shape, dtype, kind):
+  """The current (shape, dtype)'s inputs; older ones are dropped to free memory."""
+  key = (shape, dtype, kind)
+  if key not in _INPUTS:
+    for old in [k for k in _INPUTS if k[:2] != key[:2]]:
+      del _INPUTS[old]
+    _INPUTS[key] = random_inputs(shape, DTYPES[dtype], kind=kind)
+  return _INPUTS[key]
+
+
+def _bytes_touched(logits, labels, mode) -> int:
+  read = logits.nbytes + labels.nbytes
+  # value_and_grad reads the logits again for the backward pass and writes the gradient.
+  return read if mode == "forward" else read + 2 * logits.nbytes
+
+
+def test_stream_read_bandwidth(benchmark, timed, session_cache):
+  """The machine's streaming-read rate: a sum over a 256 MiB float32 array."""
+  size = 64 * 2**20 if timed else 2**20
+  skip_if_too_big(4 * size * 2)
+  data = jax.device_put(np.ones(size, np.float32))
+  compiled = jax.jit(jnp.sum).lower(data).compile()
+  benchmark.group = "machine"
+  pedantic(benchmark, compiled, (data,), timed=timed, rounds=10)
+  rate = data.nbytes / median_seconds(benchmark) / 1e9
+  session_cache["stream_gb_per_s"] = rate
+  benchmark.extra_info.update({"measure": "stream_read", "bytes": data.nbytes,
+                               "gb_per_s": rate, **device_facts()})
+
+
+def test_fresh_output_write(benchmark, timed, request):
+  """The floor of any value_and_grad: `2 * z` reads the largest logits and
+  writes a gradient-sized array to a fresh buffer (on CPU every call's
+  output is new memory, paid for in page faults)."""
+  shape = max(loss_shapes(request.config), key=np.prod)
+  skip_if_too_big(4 * int(np.prod(shape)) * 3)
+  data = jax.device_put(np.ones(shape, np.float32))
+  compiled = jax.jit(lambda z: 2 * z).lower(data).compile()
+  benchmark.group = "machine"
+  pedantic(benchmark, compiled, (data,), timed=timed, rounds=5)
+  seconds = median_seconds(benchmark)
+  benchmark.extra_info.update({"measure": "fresh_output_write", "batch": shape[0],
+                               "classes": shape[1], "bytes": 2 * data.nbytes,
+                               "milliseconds": seconds * 1e3,
+                               "gb_per_s": 2 * data.nbytes / seconds / 1e9, **device_facts()})
+
+
+def _large_shapes(config):
+  """The two largest loss shapes (the one shape of a smoke run)."""
+  return sorted(loss_shapes(config), key=np.prod)[-2:]
+
+
+def test_exp_sum_floor(benchmark, floor_shape, timed):
+  """The arithmetic every softmax cross-entropy forward does, alone: row max,
+  exp(z - max), row sums. Its time is the floor of the forward at that shape."""
+  shape = floor_shape
+  skip_if_too_big(4 * int(np.prod(shape)) * 2)
+  logits, _ = random_inputs(shape, jnp.float32)
+  exp_sum = lambda z: jnp.sum(jnp.exp(z - jnp.max(z, axis=-1, keepdims=True)), axis=-1)
+  compiled = jax.jit(exp_sum).lower(logits).compile()
+  benchmark.group = "machine"
+  pedantic(benchmark, compiled, (logits,), timed=timed, rounds=5)
+  benchmark.extra_info.update({"measure": "exp_sum_floor", "batch": shape[0],
+                               "classes": shape[1],
+                               "milliseconds": median_seconds(benchmark) * 1e3,
+                               **device_facts()})
+
+
+def test_loss_throughput(benchmark, loss_case, timed):
+  name, shape, dtype, mode, impl = loss_case
+  spec = losses.spec(name)
+  skip_if_too_big(4 * int(np.prod(shape)) * 4)
+  optax_fn = lambda z, y, _f=_optax_fn(spec): _f(z, y, **spec.hyperparameters)
+  fn = optax_fn if impl == "optax" else spec.bind()
+  logits, labels = _inputs(shape, dtype, spec.kind)
+  compiled = loss_program(fn, mode).lower(logits, labels).compile()
+  benchmark.group = f"{name} {mode} {shape[0]}x{shape[1]} {dtype}"
+  large = np.prod(shape) >= 4e6
+  pedantic(benchmark, compiled, (logits, labels), timed=timed, rounds=5 if large else 20)
+  seconds = median_seconds(benchmark)
+  touched = _bytes_touched(logits, labels, mode)
+  info = {"loss": name, "impl": impl, "mode": mode, "batch": shape[0], "classes": shape[1],
+          "dtype": dtype, "bytes_touched": touched, "gb_per_s": touched / seconds / 1e9,
+          "optax_equivalent": spec.optax_equivalent, **device_facts()}
+  if impl == "lossjax" and spec.optax_equivalent:
+    # The ratio to optax: both programs called alternately in this test.
+    theirs = loss_program(optax_fn, mode).lower(logits, labels).compile()
+    faults = {}
+    medians = interleaved_medians({"ours": compiled, "theirs": theirs}, (logits, labels),
+                                  rounds=(7 if large else 30) if timed else 1, faults=faults)
+    info.update({"interleaved_ms": medians["ours"] * 1e3,
+                 "optax_interleaved_ms": medians["theirs"] * 1e3,
+                 "ratio_to_optax": medians["theirs"] / medians["ours"],
+                 "page_faults_per_call": faults["ours"],
+                 "optax_page_faults_per_call": faults["theirs"]})
+  benchmark.extra_info.update(info)
