@@ -136,6 +136,7 @@ def _study_parsers(sub) -> None:
                       "(default: %(default)s)")
   p.add_argument("--only", default=None,
                  help=f"comma-separated experiments to run: {', '.join(EXPERIMENTS)}")
+  p.add_argument("--quiet", action="store_true", help="no progress bars (log lines only)")
   _add_cpu_devices(p)
   r = sub.add_parser("report", help="regenerate REPORT.md and figures from the result files",
                      description="Regenerates OUT/REPORT.md and OUT/study/figures/ from "
@@ -147,7 +148,8 @@ def _study(args) -> int:
   from lossjax import study
   only = [name.strip() for name in args.only.split(",")] if args.only else None
   try:
-    path = study.run_study(args.out, quick=args.quick, dataset=args.dataset, only=only)
+    path = study.run_study(args.out, quick=args.quick, dataset=args.dataset, only=only,
+                           progress=not args.quiet)
   except ValueError as error:
     raise SystemExit(f"lossjax study: {error}") from None
   print(f"report written to {path}")

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import re
-import sys
 import time
 from typing import Any, Callable
 
@@ -24,7 +23,7 @@ import optax
 from jax.extend.random import threefry_2x32
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lossjax import _checks, _io, _softmax
+from lossjax import _checks, _io, _progress, _softmax
 from lossjax import data as data_lib
 from lossjax import fused, losses, metrics, models, reduction
 
@@ -452,21 +451,6 @@ def _chunk_layout(total_evals: int, evals_per_chunk_max: int) -> int:
   return 1
 
 
-class _Progress:
-  """Per-chunk progress on stderr (rich when available and a terminal)."""
-
-  def __init__(self, enabled: bool, total: int, label: str):
-    self.enabled, self.total, self.label = enabled, total, label
-    self.start = time.perf_counter()
-
-  def update(self, done: int, accuracy: float):
-    if not self.enabled:
-      return
-    elapsed = time.perf_counter() - self.start
-    print(f"\r{self.label}: step {done}/{self.total}  mean test acc {accuracy:.3f}  "
-          f"{elapsed:.1f}s", end="" if done < self.total else "\n", file=sys.stderr, flush=True)
-
-
 def cpu_cores() -> int:
   """The CPU cores this process may run on."""
   try:
@@ -612,15 +596,16 @@ class Trainer:
     n = self._num_runs  # the padding runs, if any, come after these
     state = jax.block_until_ready(self._initial_state())
     records = []
-    bar = _Progress(progress, config.steps, f"{config.loss} on {self.dataset.name}")
     started = time.perf_counter()
-    for first_step in range(0, config.steps, self.chunk_steps):
-      state, record = self._compiled(state, self._rates, self._data_keys,
-                                     jnp.int32(first_step), arrays)
-      record = jax.device_get(record)
-      records.append(record)
-      bar.update(first_step + self.chunk_steps,
-                 float(np.nanmean(record["test_accuracy"][:n, -1])))
+    with _progress.Bar(f"{config.loss} on {self.dataset.name}, {n} runs, steps",
+                       config.steps, enabled=progress) as bar:
+      for first_step in range(0, config.steps, self.chunk_steps):
+        state, record = self._compiled(state, self._rates, self._data_keys,
+                                       jnp.int32(first_step), arrays)
+        record = jax.device_get(record)
+        records.append(record)
+        bar.update(min(first_step + self.chunk_steps, config.steps),
+                   f"mean test acc {np.nanmean(record['test_accuracy'][:n, -1]):.3f}")
     train_seconds = time.perf_counter() - started
 
     series = {name: np.concatenate([r[name][:n] for r in records], axis=1)

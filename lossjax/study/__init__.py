@@ -13,12 +13,11 @@ import json
 import os
 import pathlib
 import platform
-import sys
 import time
 
 import jax
 
-from lossjax import _io
+from lossjax import _io, _progress
 from lossjax.study._experiments import EXPERIMENTS, Budget
 from lossjax.study._report import write_report
 
@@ -38,12 +37,15 @@ def _environment() -> dict:
 
 def run_study(out: str | os.PathLike = "results", *, quick: bool = False,
               dataset: str = "mnist5k", only: list[str] | None = None,
-              log=None) -> pathlib.Path:
+              log=None, progress: bool = True) -> pathlib.Path:
   """Runs the experiments not yet on disk, then regenerates the report.
 
-  Returns the path of the report.
+  `log(message)` receives a line per experiment and per trained setting
+  (default: stderr, above the progress bars). With `progress`, stderr shows
+  a bar of the experiments (k of n, elapsed, remaining) and one of the
+  training in progress (its runs, steps, remaining). Returns the path of the
+  report.
   """
-  log = log or (lambda message: print(message, file=sys.stderr, flush=True))
   out = pathlib.Path(out)
   budget = Budget.quick_budget() if quick else Budget()
   mode = "quick" if quick else "full"
@@ -52,22 +54,27 @@ def run_study(out: str | os.PathLike = "results", *, quick: bool = False,
   if unknown:
     raise ValueError(f"unknown experiment(s) {sorted(unknown)}; available: {', '.join(EXPERIMENTS)}.")
   started = time.perf_counter()
-  for index, name in enumerate(names, 1):
-    path = out / "study" / f"{name}.json"
-    if path.exists():
-      meta = json.loads(path.read_text()).get("meta", {})
-      if meta.get("mode") == mode and meta.get("dataset") == dataset:
-        log(f"[{index}/{len(names)}] {name}: already done ({path}), skipped")
-        continue
-    log(f"[{index}/{len(names)}] {name} ({mode}, {dataset}) ...")
-    experiment_started = time.perf_counter()
-    result = EXPERIMENTS[name](budget, dataset, log)
-    seconds = time.perf_counter() - experiment_started
-    result["meta"] = {"experiment": name, "mode": mode, "dataset": dataset,
-                      "budget": dataclasses.asdict(budget), "seconds": seconds,
-                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      "environment": _environment()}
-    _io.write_text_atomically(path, json.dumps(result, indent=1))
-    log(f"[{index}/{len(names)}] {name} done in {seconds:.0f}s "
-        f"(study so far {time.perf_counter() - started:.0f}s)")
+  with _progress.session(progress) as shared_log, \
+       _progress.Bar("study: experiments", len(names), enabled=progress) as bar:
+    log = log or shared_log
+    for index, name in enumerate(names, 1):
+      bar.update(index - 1, name)
+      path = out / "study" / f"{name}.json"
+      if path.exists():
+        meta = json.loads(path.read_text()).get("meta", {})
+        if meta.get("mode") == mode and meta.get("dataset") == dataset:
+          log(f"[{index}/{len(names)}] {name}: already done ({path}), skipped")
+          continue
+      log(f"[{index}/{len(names)}] {name} ({mode}, {dataset}) ...")
+      experiment_started = time.perf_counter()
+      result = EXPERIMENTS[name](budget, dataset, log)
+      seconds = time.perf_counter() - experiment_started
+      result["meta"] = {"experiment": name, "mode": mode, "dataset": dataset,
+                        "budget": dataclasses.asdict(budget), "seconds": seconds,
+                        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "environment": _environment()}
+      _io.write_text_atomically(path, json.dumps(result, indent=1))
+      log(f"[{index}/{len(names)}] {name} done in {seconds:.0f}s "
+          f"(study so far {time.perf_counter() - started:.0f}s)")
+    bar.update(len(names), "")
   return write_report(out)
