@@ -41,10 +41,13 @@ def confidence_bins(confidence, num_bins: int) -> Array:
 
 
 def expected_calibration_error(logits, labels, num_bins: int = 15) -> Array:
-  """ECE with `num_bins` equal-width confidence bins (Guo et al. 2017).
+  r"""ECE with `num_bins` equal-width confidence bins (Guo et al. 2017).
 
-  sum_b |B_b| / N * |accuracy(B_b) - mean confidence(B_b)|, where the
-  confidence of an example is its top softmax probability.
+  .. math::
+    \mathrm{ECE} = \sum_b \frac{|B_b|}{N}\,
+    \left|\mathrm{accuracy}(B_b) - \mathrm{mean\ confidence}(B_b)\right|
+
+  where the confidence of an example is its top softmax probability.
   """
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   confidence = jnp.max(probs, axis=-1)
