@@ -13,7 +13,6 @@ extensions = [
     "sphinx.ext.autodoc",    # the API reference, from the docstrings
     "sphinx.ext.napoleon",   # Google-style Args/Returns sections
     "sphinx.ext.mathjax",
-    "sphinx.ext.viewcode",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]

@@ -311,7 +311,8 @@ print(json.dumps({"devices": jax.device_count(), "errors": errors}))
 
 @pytest.mark.slow
 def test_vocabulary_sharded_over_8_devices_matches_one():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+  env = dict(os.environ, XLA_FLAGS=flags.strip(),
              JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], capture_output=True, text=True,
                        env=env, timeout=600)

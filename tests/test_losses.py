@@ -82,14 +82,14 @@ def test_gradients_match_finite_differences(name, rng):
     logits, labels = make_inputs(name, rng, batch=4, classes=5, dtype=np.float64)
     fn = losses.get(name)
     order = 2 if losses.spec(name).twice_differentiable else 1
-    check_grads(lambda z: jnp.sum(fn(z, labels)), (logits,), order=order,
+    check_grads(jax.jit(lambda z: jnp.sum(fn(z, labels))), (logits,), order=order,
                 modes=("fwd", "rev"), eps=1e-6)
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if losses.spec(n).twice_differentiable])
 def test_hessian_is_finite_and_symmetric(name, rng):
   logits, labels = make_inputs(name, rng, batch=1, classes=5)
-  hessian = jax.hessian(lambda z: jnp.sum(losses.get(name)(z, labels)))(logits)
+  hessian = jax.jit(jax.hessian(lambda z: jnp.sum(losses.get(name)(z, labels))))(logits)
   flat = np.asarray(hessian).reshape(logits.size, logits.size)
   assert np.all(np.isfinite(flat))
   np.testing.assert_allclose(flat, flat.T, atol=1e-5)

@@ -91,9 +91,9 @@ def test_binary_scores_keep_confident_examples_apart():
   assert np.all(np.diff(scores) > 0) and scores[0] == 0.0
 
 
-def test_quick_study_runs_end_to_end_and_resumes(tmp_path, capsys):
-  only = "threshold,local_minima"
-  assert cli.main(["study", "--quick", "--out", str(tmp_path), "--only", only]) == 0
+def test_quick_study_runs_end_to_end_and_resumes(quick_study, capsys):
+  from tests.conftest import QUICK_STUDY as only
+  tmp_path = quick_study  # `lossjax study --quick --only threshold,local_minima`, run once
   report = (tmp_path / "REPORT.md").read_text()
   assert "Quick mode" in report and "## Claim 6" in report
   saved = json.loads((tmp_path / "study" / "threshold.json").read_text())

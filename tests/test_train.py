@@ -25,6 +25,12 @@ def digits():
 
 
 @pytest.fixture(scope="module")
+def small_program(digits):
+  """The SMALL config's program (pure functions: tests may share it)."""
+  return train._Program(train.TrainConfig(**SMALL), digits)
+
+
+@pytest.fixture(scope="module")
 def small_history(digits):
   return train.train(train.TrainConfig(**SMALL), dataset=digits)
 
@@ -118,7 +124,9 @@ print(json.dumps({"devices": jax.device_count(), "acc": history.metrics["test_ac
 
 def _train_on_cpu(options, devices: int) -> dict:
   """The config trained in a subprocess on `devices` simulated CPU devices."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  # The session's XLA flags too (tests/conftest.py), so both sides compile alike.
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+  env = dict(os.environ, XLA_FLAGS=flags.strip(),
              JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, json.dumps(options)],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
@@ -218,8 +226,8 @@ def test_cli_names_the_valid_choices(flag, message):
 
 
 @pytest.mark.parametrize("first, length", [(0, 1), (0, 40), (7, 13), (29, 70), (100, 1)])
-def test_interval_batches_equal_the_step_by_step_epochs(digits, first, length):
-  program = train._Program(train.TrainConfig(**SMALL), digits)
+def test_interval_batches_equal_the_step_by_step_epochs(small_program, first, length):
+  program = small_program
   key = jax.random.key(3)
   steps = jax.numpy.arange(first, first + length)
   expected = np.asarray(program.batch_indices(key, steps))
@@ -230,8 +238,8 @@ def test_interval_batches_equal_the_step_by_step_epochs(digits, first, length):
   assert len(set(one_epoch.ravel())) == per_epoch * SMALL["batch_size"]  # no repeats
 
 
-def test_a_step_with_a_non_finite_gradient_is_not_taken(digits):
-  program = train._Program(train.TrainConfig(**SMALL), digits)
+def test_a_step_with_a_non_finite_gradient_is_not_taken(small_program, digits):
+  program = small_program
   state = program.init(jax.random.key(0))
   x = np.asarray(digits.x_train[:32]).copy()
   y = np.asarray(digits.y_train[:32])

@@ -64,8 +64,8 @@ def _time_matmul(benchmark, a, timed, session_cache) -> float:
 
 # The training cases of each grid: the headline grid leaves out the CNN (a
 # minute a case on 2 CPU cores) and the one-run variants; a smoke run takes
-# the smallest case through every benchmark, and the CNN through the engine
-# (compilation is most of a smoke run's time).
+# the smallest case through every benchmark (compilation is most of its time;
+# tests/ trains the CNN through the engine).
 SMALLEST = "digits-mlp-64-32-10-tanh"
 CASES = {"smoke": [SMALLEST], "headline": [c for c in THROUGHPUT_CASES if "mlp" in c],
          "full": list(THROUGHPUT_CASES)}
@@ -79,8 +79,6 @@ def pytest_generate_tests(metafunc):
   if "case" in metafunc.fixturenames:
     cases = CASES[which]
     name = metafunc.function.__name__
-    if which == "smoke" and name == "test_engine_throughput":
-      cases = [SMALLEST, "mnist5k-cnn"]
     if name in ("test_pytorch_eager_throughput", "test_minimal_program_throughput"):
       cases = [c for c in cases if "mlp" in c]  # they have the MLPs only
     metafunc.parametrize("case", cases)
