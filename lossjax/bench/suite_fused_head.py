@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
-from lossjax.bench._timing import device_facts, interleaved_medians, pedantic, skip_if_too_big
+from lossjax.bench._timing import (device_facts, full_grid_only, interleaved_medians, pedantic,
+                                   skip_if_too_big)
 from lossjax.bench.plugin import grid
 from lossjax.fused import default_strategy, fused_linear_loss
 
@@ -41,9 +41,8 @@ def pytest_generate_tests(metafunc):
     return
   cases = CASES[grid(metafunc.config)]
   if not cases:
-    cases = [pytest.param(None, id="full-grid-only", marks=pytest.mark.skip(
-        reason="the fused heads are timed with --lossjax-full (minutes a case on a CPU)"))]
-    metafunc.parametrize("fused_case", cases)
+    metafunc.parametrize("fused_case", full_grid_only(
+        "the fused heads are timed with --lossjax-full (minutes a case on a CPU)"))
     return
   metafunc.parametrize("fused_case", cases,
                        ids=[f"{n}x{d}x{v}-{dtype}" for n, d, v, dtype, _ in cases])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lossjax import data, losses, models, train
-from lossjax.bench._timing import device_facts, median_seconds, pedantic
+from lossjax.bench._timing import device_facts, full_grid_only, median_seconds, pedantic
 from lossjax.bench.cases import THROUGHPUT_CASES, throughput_config
 from lossjax.bench.plugin import grid, user_losses
 
@@ -87,8 +87,7 @@ def pytest_generate_tests(metafunc):
     if name in ("test_pytorch_eager_throughput", "test_minimal_program_throughput"):
       cases = [c for c in cases if "mlp" in c]  # they have the MLPs only
     if name == "test_engine_one_device_throughput" and which == "headline":
-      cases = [pytest.param(None, id="full-grid-only", marks=pytest.mark.skip(
-          reason="the engine on one device is timed with --lossjax-full"))]
+      cases = full_grid_only("the engine on one device is timed with --lossjax-full")
     metafunc.parametrize("case", cases)
   if "loss" in metafunc.fixturenames:
     builtin = {"smoke": ["cross_entropy"], "headline": list(HEADLINE_STEPS_LOSSES),
