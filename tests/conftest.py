@@ -15,6 +15,8 @@ hypothesis.settings.register_profile("ci", max_examples=20, deadline=None, deran
 hypothesis.settings.register_profile("thorough", max_examples=500, deadline=None)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# The experiments of the session's quick study (the `quick_study` fixture).
+QUICK_STUDY = "threshold,local_minima"
 
 
 def pytest_configure(config):
@@ -54,9 +56,6 @@ def quick_study(tmp_path_factory):
   with FileLock(str(root / "quick-study.lock")):
     assert cli.main(["study", "--quick", "--out", str(out), "--only", QUICK_STUDY]) == 0
   return out
-
-
-QUICK_STUDY = "threshold,local_minima"
 
 
 @pytest.fixture(autouse=True)

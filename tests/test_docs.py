@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-import lossjax
 from lossjax import losses
 
 README_PATH = pathlib.Path(__file__).resolve().parents[1] / "README.md"
