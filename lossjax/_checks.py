@@ -55,6 +55,12 @@ def compute_dtype(dtype) -> np.dtype:
   return np.dtype(jnp.float32)
 
 
+def common_compute_dtype(*dtypes) -> np.dtype:
+  """The compute dtype of several inputs: the widest of theirs (no implicit
+  promotion, so that it works under strict dtype promotion too)."""
+  return max((compute_dtype(d) for d in dtypes), key=lambda d: d.itemsize)
+
+
 def floating_array(value, name: str) -> Array:
   """`value` as a floating-point array; TypeError naming `name` otherwise."""
   array = jnp.asarray(value)
@@ -74,16 +80,39 @@ def integer_array(value, name: str) -> Array:
   return array
 
 
+def class_axes(axis, ndim: int, name: str = "logits") -> tuple[int, ...]:
+  """`axis` (an int, a tuple of ints, or None for every axis) as a tuple of
+  non-negative axes of an array of rank `ndim`, in the order given."""
+  if ndim == 0:
+    raise ValueError(f"`{name}` must have a class axis, got a scalar.")
+  if axis is None:
+    return tuple(range(ndim))
+  axes = axis if isinstance(axis, tuple) else (axis,)
+  if not axes or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool)
+                         for a in axes):
+    raise TypeError(f"`axis` must be an int, a non-empty tuple of ints or None, got {axis!r}.")
+  if not all(-ndim <= a < ndim for a in axes):
+    raise ValueError(f"`axis`={axis} is out of range for `{name}` of rank {ndim}.")
+  canonical = tuple(int(a) % ndim for a in axes)
+  if len(set(canonical)) != len(canonical):
+    raise ValueError(f"`axis`={axis} names an axis twice.")
+  return canonical
+
+
+def classes_last(array: Array, axes: tuple[int, ...]) -> Array:
+  """`array` with the class `axes` moved to the end (in their given order) and
+  flattened into one: `[..., C]`, C the product of their sizes. A class index
+  is then the flat index over those axes (optax's convention)."""
+  batch = tuple(a for a in range(array.ndim) if a not in axes)
+  if axes == (array.ndim - 1,):
+    return array
+  moved = jnp.transpose(array, batch + axes)
+  return moved.reshape(moved.shape[:len(batch)] + (-1,))
+
+
 def class_axis_last(logits: Array, axis) -> Array:
-  """Moves the class axis of `logits` to the end (a no-op for axis=-1)."""
-  if not isinstance(axis, (int, np.integer)):
-    raise TypeError(f"`axis` must be an int, got {axis!r}.")
-  if logits.ndim == 0:
-    raise ValueError("`logits` must have a class axis, got a scalar.")
-  if not -logits.ndim <= axis < logits.ndim:
-    raise ValueError(
-        f"`axis`={axis} is out of range for `logits` of shape {logits.shape}.")
-  return jnp.moveaxis(logits, axis, -1)
+  """Moves the class axis (or axes, flattened) of `logits` to the end."""
+  return classes_last(logits, class_axes(axis, logits.ndim))
 
 
 def check_shape(value: Array, expected: tuple, name: str, why: str) -> None:
@@ -97,13 +126,38 @@ def example_mask(where, batch_shape: tuple) -> Array | None:
   """The per-example mask `where` (True = keep), checked against the batch."""
   if where is None:
     return None
-  where = jnp.asarray(where)
-  if where.dtype != jnp.bool_:
-    raise TypeError(f"`where` must be a boolean array, got dtype {where.dtype}.")
+  where = boolean_mask(where)
   check_shape(where, batch_shape, "where",
               "one entry per example: the shape of `logits` without its "
               "class axis")
   return where
+
+
+def boolean_mask(where) -> Array:
+  where = jnp.asarray(where)
+  if where.dtype != jnp.bool_:
+    raise TypeError(f"`where` must be a boolean array, got dtype {where.dtype}.")
+  return where
+
+
+def is_per_element(where, like_ndim: int) -> bool:
+  """Whether `where` masks elements (the rank of the input, optax's per-logit
+  mask) rather than examples (the rank of the batch)."""
+  return where is not None and jnp.ndim(where) == like_ndim
+
+
+def element_mask(where, shape: tuple, axes: tuple[int, ...]) -> Array:
+  """A per-element mask broadcast to `shape` and laid out classes-last, as
+  `classes_last` lays out the input it masks."""
+  where = boolean_mask(where)
+  try:
+    where = jnp.broadcast_to(where, shape)
+  except ValueError:
+    raise ValueError(
+        f"`where` of shape {tuple(where.shape)} must broadcast to the input's shape "
+        f"{tuple(shape)} (a per-element mask) or have the shape of the input "
+        "without its class axis (a per-example mask).") from None
+  return classes_last(where, axes)
 
 
 def class_vector(value, num_classes: int, name: str) -> Array:

@@ -55,6 +55,18 @@ def log_normalizer(logits: Array, *, platform: str | None = None) -> Array:
   return row_max[..., 0] + jnp.log(sums)
 
 
+def masked_log_normalizer(logits: Array, keep: Array) -> Array:
+  """logsumexp over the classes where `keep` is True: `[..., C] -> [...]`.
+
+  Masked logits become -inf (their softmax weight, and gradient, is 0). A row
+  with nothing kept is given zeros instead, so that its value and gradient
+  stay finite; callers set that example's loss to 0.
+  """
+  any_kept = jnp.any(keep, axis=-1, keepdims=True)
+  fill = jnp.where(any_kept, -jnp.inf, 0.0).astype(logits.dtype)
+  return log_normalizer(jnp.where(keep, logits, fill))
+
+
 @jax.custom_jvp
 def take_class(values: Array, labels: Array) -> Array:
   """values[..., labels]: `[..., C], [...] -> [...]`, labels in `[0, C)`.

@@ -92,6 +92,38 @@ def binary_mse(z, y):
   return (_sigmoid(z) - y) ** 2
 
 
+def perceptron(z, y):
+  z = np.asarray(z, np.float64)
+  return z.max(-1) - _true(z, y)
+
+
+def sparsemax_probabilities(z):
+  """The simplex projection by sorting (Held et al. 1974), not lossjax's
+  fixed-point iteration."""
+  z = np.asarray(z, np.float64)
+  ordered = -np.sort(-z, axis=-1)
+  ranks = np.arange(1, z.shape[-1] + 1)
+  cumulative = np.cumsum(ordered, axis=-1)
+  in_support = 1 + ranks * ordered > cumulative
+  size = in_support.sum(-1, keepdims=True)
+  tau = (np.take_along_axis(cumulative, size - 1, axis=-1) - 1) / size
+  return np.maximum(z - tau, 0.0)
+
+
+def sparsemax(z, y):
+  # The Fenchel-Young loss of the Gini entropy: Omega*(z) - z_y + Omega(e_y),
+  # Omega*(z) = <p, z> - |p|^2 / 2 at p = sparsemax(z), Omega(e_y) = 1/2.
+  z = np.asarray(z, np.float64)
+  p = sparsemax_probabilities(z)
+  return (p * z).sum(-1) - 0.5 * (p ** 2).sum(-1) - _true(z, y) + 0.5
+
+
+def binary_sparsemax(z, y):
+  # The multiclass loss on the scores (0, z) with class 1 the positive one.
+  z = np.asarray(z, np.float64)
+  return sparsemax(np.stack([np.zeros_like(z), z], axis=-1), np.asarray(y).astype(int))
+
+
 REFERENCES = {
     "cross_entropy": cross_entropy,
     "label_smoothing": lambda z, y, **kw: cross_entropy(z, y, **kw),
@@ -107,4 +139,7 @@ REFERENCES = {
     "binary_cross_entropy": binary_cross_entropy,
     "binary_focal": binary_focal,
     "binary_mse": binary_mse,
+    "perceptron": perceptron,
+    "sparsemax": sparsemax,
+    "binary_sparsemax": binary_sparsemax,
 }

@@ -103,13 +103,22 @@ def test_integer_logits_are_a_type_error(name):
     spec.fn(jnp.zeros(shape, jnp.int32), jnp.zeros((6,), jnp.int32))
 
 
+PER_LOGIT_MASKS = {"cross_entropy", "label_smoothing", "poly1"}
+
+
 @pytest.mark.parametrize("name", losses.names())
 def test_where_must_be_one_boolean_per_example(name, logits):
   spec = losses.spec(name)
   z = logits[:, 0] if spec.kind == "binary" else logits
   labels = jnp.zeros((6,), jnp.int32)
   with pytest.raises(ValueError, match=r"`where` must have shape \(6,\)"):
-    losses.get(name)(z, labels, where=jnp.ones((6, 1), bool))
+    losses.get(name)(z, labels, where=jnp.ones((5,), bool))
+  if name in PER_LOGIT_MASKS:  # a mask of the rank of the logits masks logits (optax's)
+    with pytest.raises(ValueError, match=r"`where` of shape \(6, 4\) must broadcast"):
+      losses.get(name)(z, labels, where=jnp.ones((6, 4), bool))
+  else:
+    with pytest.raises(ValueError, match=r"`where` must have shape \(6,\)"):
+      losses.get(name)(z, labels, where=jnp.ones((6, 1), bool))
   with pytest.raises(TypeError, match="`where` must be a boolean"):
     losses.get(name)(z, labels, where=jnp.ones((6,), jnp.int32))
 

@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from benchmarks import engine_probe
 from lossjax import data, models, train
@@ -38,6 +39,7 @@ def test_the_variants_match_the_engine_where_they_keep_its_work():
     np.testing.assert_array_equal(history.metrics["train_loss"], engine.metrics["train_loss"])
 
 
+@pytest.mark.slow
 def test_probe_times_every_variant():
   rates = engine_probe.probe("digits", runs=2, rounds=1, steps=10)
   assert list(rates) == list(engine_probe.VARIANTS)

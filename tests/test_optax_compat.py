@@ -1,5 +1,8 @@
 """Same names, same positional arguments, same numbers as optax 0.2.x."""
 
+import io
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,8 +36,9 @@ def test_every_registered_optax_equivalent_gives_the_same_numbers(batch):
       args = (logits, jax.nn.one_hot(labels, logits.shape[-1]))
     else:
       args = (logits, labels)
-    np.testing.assert_allclose(spec.fn(*args, **spec.hyperparameters),
-                               optax_fn(*args, **spec.hyperparameters),
+    with jax.numpy_dtype_promotion("standard"):  # optax's sparsemax mixes int and float
+      expected = optax_fn(*args, **spec.hyperparameters)
+    np.testing.assert_allclose(spec.fn(*args, **spec.hyperparameters), expected,
                                rtol=1e-5, atol=1e-6, err_msg=name)
 
 
@@ -84,3 +88,30 @@ def test_bfloat16_is_not_quantised_like_optax(batch):
   ours_error = np.max(np.abs(np.asarray(ours) - np.asarray(exact)))
   optax_error = np.max(np.abs(np.asarray(theirs, np.float32) - np.asarray(exact)))
   assert ours_error < 1e-5 < optax_error
+
+
+OPTAX_IMPORT = "from optax.losses import _classification\n"
+
+
+def test_optax_classification_suite_passes_unchanged_against_lossjax(tmp_path, monkeypatch):
+  """The installed optax's own `_classification_test.py`, copied with its one
+  import of `_classification` pointed at `lossjax.losses`: every test runs
+  and passes, none skipped or expected to fail."""
+  import importlib.util
+  import unittest
+  source = (Path(optax.__file__).parent / "losses" / "_classification_test.py").read_text()
+  assert source.count(OPTAX_IMPORT) == 1, "optax's test no longer imports _classification this way"
+  path = tmp_path / "optax_classification_test_on_lossjax.py"
+  path.write_text(source.replace(OPTAX_IMPORT, "from lossjax import losses as _classification\n"))
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module._classification is losses
+  suite = unittest.defaultTestLoader.loadTestsFromModule(module)
+  # optax's tests run under JAX's default promotion rules, not this suite's strict ones.
+  with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+    result = unittest.TextTestRunner(stream=io.StringIO(), verbosity=0).run(suite)
+  problems = [(str(test), trace[-1500:]) for test, trace in result.failures + result.errors]
+  assert not problems, "\n\n".join(f"{test}\n{trace}" for test, trace in problems)
+  assert not result.skipped and not result.expectedFailures and not result.unexpectedSuccesses
+  assert result.testsRun == suite.countTestCases() > 100

@@ -91,6 +91,7 @@ def test_binary_scores_keep_confident_examples_apart():
   assert np.all(np.diff(scores) > 0) and scores[0] == 0.0
 
 
+@pytest.mark.slow
 def test_quick_study_runs_end_to_end_and_resumes(quick_study, capsys):
   from tests.conftest import QUICK_STUDY as only
   tmp_path = quick_study  # `lossjax study --quick --only threshold,local_minima`, run once

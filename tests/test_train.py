@@ -136,6 +136,7 @@ def _train_on_cpu(options, devices: int) -> dict:
   return result
 
 
+@pytest.mark.slow
 def test_eight_simulated_devices_give_the_one_device_result():
   # One run per device and eight runs on one device are different programs
   # whose float rounding differs (~1e-7). A smooth activation keeps that at
@@ -155,6 +156,7 @@ def test_eight_simulated_devices_give_the_one_device_result():
   np.testing.assert_allclose(sharded["loss"], single["loss"], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_runs_that_do_not_divide_are_padded_and_a_cnn_maps_its_runs_per_device():
   # 3 runs on 2 devices: a copy of run 0 fills device 1's share and is dropped.
   # The CNN's runs are mapped (lax.map) on each device, as on one.

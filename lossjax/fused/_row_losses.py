@@ -121,6 +121,10 @@ def _squared_hinge_form(num_classes) -> RowLoss:
                  lambda stats: jnp.square(stats["margin"] - stats["label"]))
 
 
+def _perceptron_form(num_classes) -> RowLoss:
+  return RowLoss(("top", "label"), lambda stats: stats["top"] - stats["label"])
+
+
 # The registry's functions, by identity, and their row forms.
 FORMS: dict[Callable, Callable[..., RowLoss]] = {
     _cross_entropy.softmax_cross_entropy_with_integer_labels: _cross_entropy_form,
@@ -132,4 +136,5 @@ FORMS: dict[Callable, Callable[..., RowLoss]] = {
     _squared.mean_squared_error_logits: _mse_form,
     _margin.multiclass_hinge_loss: _hinge_form,
     _margin.multiclass_squared_hinge_loss: _squared_hinge_form,
+    _margin.multiclass_perceptron_loss: _perceptron_form,
 }

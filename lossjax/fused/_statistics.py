@@ -38,10 +38,12 @@ _REQUIRES = {
     "sumexp2_other": ("zmax",),
     "gap": ("zmax", "wsum"),
     "margin": ("margin_count",),
+    "top": ("top_count",),
 }
 
 # Statistics that do not depend on the logits: no gradient flows through them.
-_CONSTANT = frozenset({"zmax", "wsum", "label_weight", "label_alpha", "margin_count"})
+_CONSTANT = frozenset({"zmax", "wsum", "label_weight", "label_alpha", "margin_count",
+                       "top_count"})
 
 
 def closure(names) -> tuple[str, ...]:
@@ -92,16 +94,24 @@ def block(names: tuple[str, ...], z: Array, tile: Tile) -> dict[str, Array]:
     stats["label_alpha"] = _row_sum(jnp.where(tile.is_label, _weights(tile, "alpha", z), zero))
   if "sumsq_other" in names:
     stats["sumsq_other"] = _row_sum(jnp.where(tile.is_label | ~valid, zero, jnp.square(z)))
-  if "margin" in names:
-    terms = jnp.where(valid, _margin_terms(z, tile), minus_inf)
-    stats["margin"] = jnp.max(terms, axis=-1)
-    stats["margin_count"] = _row_sum((terms == stats["margin"][:, None]).astype(z.dtype))
+  for name, candidates in _MAXIMA.items():
+    if name in names:
+      terms = jnp.where(valid, candidates(z, tile), minus_inf)
+      stats[name] = jnp.max(terms, axis=-1)
+      stats[f"{name}_count"] = _row_sum((terms == stats[name][:, None]).astype(z.dtype))
   return stats
 
 
 def _margin_terms(z: Array, tile: Tile) -> Array:
   # z_c + 1 - [c = y]: the Crammer-Singer margin's candidates.
   return z + 1.0 - tile.is_label.astype(z.dtype)
+
+
+# Differentiable maxima, each kept with how many classes attain it (its
+# derivative is split evenly between ties, as jnp.max's): the name and the
+# candidates it is the maximum of. "top" is the largest logit itself (the
+# perceptron's), unlike "zmax", the reference the exponentials are taken from.
+_MAXIMA = {"margin": _margin_terms, "top": lambda z, tile: z}
 
 
 def _combine(a: dict, b: dict, maximum: Callable, total: Callable) -> dict:
@@ -116,7 +126,7 @@ def _combine(a: dict, b: dict, maximum: Callable, total: Callable) -> dict:
     factors = [jnp.exp(m - out["zmax"]) for m in pair("zmax")]
     shifts = [out["zmax"] - m for m in pair("zmax")]
   for name in a:
-    if name in ("zmax", "margin", "margin_count"):
+    if name == "zmax" or name in _MAXIMA or name.removesuffix("_count") in _MAXIMA:
       continue
     if name == "sumexp":
       out[name] = total(*[s * f for s, f in zip(pair(name), factors)])
@@ -127,10 +137,11 @@ def _combine(a: dict, b: dict, maximum: Callable, total: Callable) -> dict:
       out[name] = total(*[g + w * d for g, w, d in zip(pair(name), pair("wsum"), shifts)])
     else:
       out[name] = total(*pair(name))
-  if "margin" in a:
-    out["margin"] = maximum(*pair("margin"))
-    out["margin_count"] = total(*[jnp.where(m == out["margin"], c, 0.0)
-                                  for m, c in zip(pair("margin"), pair("margin_count"))])
+  for name in _MAXIMA:
+    if name in a:
+      out[name] = maximum(*pair(name))
+      out[f"{name}_count"] = total(*[jnp.where(m == out[name], c, 0.0)
+                                     for m, c in zip(pair(name), pair(f"{name}_count"))])
   return out
 
 
@@ -168,13 +179,14 @@ def surrogate(z: Array, tile: Tile, final: dict, cotangents: dict) -> Array:
     total = add("label", jnp.where(tile.is_label, z, zero))
   if "sumsq_other" in cotangents:
     total = add("sumsq_other", jnp.where(tile.is_label | ~valid, zero, jnp.square(z)))
-  if "margin" in cotangents:
-    terms = _margin_terms(z, tile)
-    # The maximum's derivative, split evenly between ties (as jnp.max's).
-    at_max = jax.lax.stop_gradient(valid & (terms == final["margin"][:, None]))
-    # (Padding rows have a count of 0 and a cotangent of 0.)
-    share = cotangents["margin"] / jnp.maximum(final["margin_count"], 1.0)
-    total = total + jnp.sum(share[:, None] * jnp.where(at_max, terms, zero))
+  for name, candidates in _MAXIMA.items():
+    if name in cotangents:
+      terms = candidates(z, tile)
+      # The maximum's derivative, split evenly between ties (as jnp.max's).
+      at_max = jax.lax.stop_gradient(valid & (terms == final[name][:, None]))
+      # (Padding rows have a count of 0 and a cotangent of 0.)
+      share = cotangents[name] / jnp.maximum(final[f"{name}_count"], 1.0)
+      total = total + jnp.sum(share[:, None] * jnp.where(at_max, terms, zero))
   return total
 
 

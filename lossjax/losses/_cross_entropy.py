@@ -12,14 +12,21 @@ from lossjax.losses import _prepare
 Array = jax.Array
 
 
-def _uniform_target_term(logits: Array, log_norm: Array,
-                         class_weights: Array | None) -> Array:
-  """sum_c w_c (-log p_c): cross-entropy against a uniform target, times C."""
+def _uniform_target_term(batch, log_norm: Array, class_weights: Array | None) -> Array:
+  """sum_c w_c (-log p_c) over the kept classes: cross-entropy against a
+  uniform target, times the number of classes."""
   # -log p_c = logsumexp(z) - z_c, summed elementwise so no large terms cancel.
-  neg_log_probs = log_norm[..., None] - logits
+  neg_log_probs = log_norm[..., None] - batch.logits
   if class_weights is not None:
-    neg_log_probs = neg_log_probs * _prepare.along_last_axis(class_weights, logits.ndim)
-  return jnp.sum(neg_log_probs, axis=-1)
+    neg_log_probs = neg_log_probs * _prepare.along_last_axis(class_weights, batch.logits.ndim)
+  return jnp.sum(_prepare.over_kept(batch, neg_log_probs), axis=-1)
+
+
+def _target_sum(targets: Array, neg_log_probs: Array) -> Array:
+  """sum_c q_c (-log p_c), with 0 log 0 = 0: a class of probability 0 and
+  logit -inf adds nothing (optax's `safe_softmax_cross_entropy`) instead of NaN."""
+  impossible = (targets == 0) & jnp.isinf(neg_log_probs)
+  return jnp.sum(jnp.where(impossible, 0.0, targets * neg_log_probs), axis=-1)
 
 
 def softmax_cross_entropy_with_integer_labels(
@@ -40,12 +47,18 @@ def softmax_cross_entropy_with_integer_labels(
       bfloat16/float16 are computed in float32).
     labels: ``[...]`` integers in ``[0, C)``. Out-of-range labels raise
       ``ValueError`` outside ``jit`` and give NaN for that example inside.
-    axis: the class axis of ``logits``.
-    where: optional ``[...]`` boolean mask; masked examples give 0 and their
-      labels are not checked (the ignore-index use case).
+    axis: the class axis of ``logits``, or a tuple of axes (then a label is
+      the flat index into ``logits``' slice over those axes, in the order
+      given: optax's convention).
+    where: optional boolean mask, either per example (``[...]``, the shape of
+      ``labels``: masked examples give 0 and their labels are not checked, the
+      ignore-index use case) or per logit (broadcastable to ``logits``,
+      optax's: masked logits leave the softmax, an example with none left
+      gives 0).
     class_weights: optional ``[C]`` weights, as ``torch``'s ``weight=``: an
       example's loss is scaled by the weight of its target class(es).
-    label_smoothing: ``ε`` in ``[0, 1]``, ``torch``'s semantics.
+    label_smoothing: ``ε`` in ``[0, 1]``, ``torch``'s semantics (the uniform
+      part spreads over the kept classes under a per-logit mask).
 
   Returns:
     ``[...]`` per-example losses in float32 (float64 for float64 logits).
@@ -60,16 +73,16 @@ def softmax_cross_entropy_with_integer_labels(
   Architecture for Computer Vision", 2016.
   """
   _checks.check_in_range(label_smoothing, "label_smoothing", 0.0, 1.0)
-  batch = _prepare.integer_label_batch(logits, labels, axis, where)
+  batch = _prepare.integer_label_batch(logits, labels, axis, where, per_logit=True)
   weights = _prepare.per_class(class_weights, batch, "class_weights")
-  log_norm = _softmax.log_normalizer(batch.logits)
+  log_norm = _prepare.log_normalizer(batch)
   loss = log_norm - _softmax.take_class(batch.logits, batch.labels)
   if weights is not None:
     loss = loss * weights[batch.labels]
   if not _checks.is_static_zero(label_smoothing):
-    uniform = _uniform_target_term(batch.logits, log_norm, weights)
+    uniform = _uniform_target_term(batch, log_norm, weights)
     loss = (1.0 - label_smoothing) * loss + (
-        label_smoothing / batch.num_classes) * uniform
+        label_smoothing / _prepare.kept_count(batch)) * uniform
   return batch.finish(loss)
 
 
@@ -82,14 +95,18 @@ def softmax_cross_entropy(
     \ell_i = -\sum_c w_c\, q_{ic} \log \mathrm{softmax}(z_i)_c, \quad
     q_i = (1 - \varepsilon)\,y_i + \varepsilon / C
 
-  Same numbers as ``optax.softmax_cross_entropy`` without the options.
+  Same numbers as ``optax.softmax_cross_entropy`` without the options, and
+  as ``optax.safe_softmax_cross_entropy``: a class of probability 0 whose
+  logit is -inf adds 0 (``0 log 0 = 0``), not NaN.
 
   Args:
     logits: ``[..., C]`` unnormalised log-probabilities.
     labels: ``[..., C]`` probabilities (same shape as ``logits``, no
       broadcasting).
-    axis: the class axis.
-    where: optional ``[...]`` boolean per-example mask; masked examples give 0.
+    axis: the class axis, a tuple of axes, or None for all of them.
+    where: optional boolean mask, per example (``[...]``: masked examples
+      give 0) or per logit (broadcastable to ``logits``: masked logits leave
+      the softmax and the sum).
     class_weights: optional ``[C]`` weights (``torch``'s ``weight=``).
     label_smoothing: ``ε`` in ``[0, 1]``.
 
@@ -103,17 +120,35 @@ def softmax_cross_entropy(
     Array([0.27...], dtype=float32)
   """
   _checks.check_in_range(label_smoothing, "label_smoothing", 0.0, 1.0)
-  batch = _prepare.probability_label_batch(logits, labels, axis, where)
+  batch = _prepare.probability_label_batch(logits, labels, axis, where, per_logit=True)
   weights = _prepare.per_class(class_weights, batch, "class_weights")
   targets = batch.labels
   if not _checks.is_static_zero(label_smoothing):
-    targets = (1.0 - label_smoothing) * targets + (
-        label_smoothing / targets.shape[-1])
+    count = _prepare.kept_count(batch)
+    targets = (1.0 - label_smoothing) * targets + _prepare.over_kept(
+        batch, jnp.broadcast_to(jnp.expand_dims(label_smoothing / count, -1), targets.shape))
   if weights is not None:
     targets = targets * _prepare.along_last_axis(weights, targets.ndim)
-  log_norm = _softmax.log_normalizer(batch.logits)
+  log_norm = _prepare.log_normalizer(batch)
   neg_log_probs = log_norm[..., None] - batch.logits
-  return batch.finish(jnp.sum(targets * neg_log_probs, axis=-1))
+  return batch.finish(_target_sum(_prepare.over_kept(batch, targets), neg_log_probs))
+
+
+def safe_softmax_cross_entropy(logits, labels) -> Array:
+  r"""Softmax cross-entropy against probability labels with ``0 log 0 = 0``.
+
+  optax's name for what ``softmax_cross_entropy`` always does: where a label
+  is 0 and its logit is -inf the term is 0 (not NaN); where a label is
+  positive and its logit -inf the loss is +inf.
+
+  Args:
+    logits: ``[..., C]``, -inf allowed.
+    labels: ``[..., C]`` probabilities.
+
+  Returns:
+    ``[...]`` per-example losses.
+  """
+  return softmax_cross_entropy(logits, labels)
 
 
 def poly_loss_cross_entropy(
@@ -130,8 +165,9 @@ def poly_loss_cross_entropy(
     labels: ``[..., C]`` probabilities or ``[...]`` integers in ``[0, C)``.
     epsilon: weight of the first polynomial term (2.0 as optax and the paper's
       ImageNet setting; 0 gives cross-entropy).
-    axis: the class axis.
-    where: optional ``[...]`` per-example mask.
+    axis: the class axis, a tuple of axes, or None for all of them.
+    where: optional mask, per example (``[...]``) or per logit (broadcastable
+      to ``logits``), as ``softmax_cross_entropy``.
 
   Returns:
     ``[...]`` per-example losses.
@@ -142,14 +178,14 @@ def poly_loss_cross_entropy(
   probability_labels = (jnp.issubdtype(jnp.result_type(labels), jnp.floating)
                         and jnp.ndim(labels) == jnp.ndim(logits))
   if not probability_labels:
-    batch = _prepare.integer_label_batch(logits, labels, axis, where)
-    log_prob = _softmax.true_class_log_prob(batch.logits, batch.labels)
+    batch = _prepare.integer_label_batch(logits, labels, axis, where, per_logit=True)
+    log_prob = _softmax.take_class(batch.logits, batch.labels) - _prepare.log_normalizer(batch)
     return batch.finish(-log_prob + epsilon * _softmax.one_minus_prob(log_prob))
-  batch = _prepare.probability_label_batch(logits, labels, axis, where)
-  log_norm = _softmax.log_normalizer(batch.logits)
-  log_probs = batch.logits - log_norm[..., None]
-  cross_entropy = -jnp.sum(batch.labels * log_probs, axis=-1)
-  one_minus_pt = jnp.sum(batch.labels * _softmax.one_minus_prob(log_probs),
+  batch = _prepare.probability_label_batch(logits, labels, axis, where, per_logit=True)
+  log_norm = _prepare.log_normalizer(batch)
+  targets = _prepare.over_kept(batch, batch.labels)
+  cross_entropy = _target_sum(targets, log_norm[..., None] - batch.logits)
+  one_minus_pt = jnp.sum(targets * _softmax.one_minus_prob(batch.logits - log_norm[..., None]),
                          axis=-1)
   return batch.finish(cross_entropy + epsilon * one_minus_pt)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lossjax import _checks
+from lossjax import _softmax
 from lossjax.losses import _prepare
 
 Array = jax.Array
@@ -23,17 +25,8 @@ def hinge_loss(predictor_outputs, targets) -> Array:
   Returns:
     ``[...]`` elementwise losses.
   """
-  outputs = _checks.floating_array(predictor_outputs, "predictor_outputs")
-  targets = jnp.asarray(targets)
-  _checks.check_shape(targets, outputs.shape, "targets",
-                      "the shape of `predictor_outputs`")
-  if not _checks.is_traced(targets):
-    bad = jnp.abs(targets) != 1
-    if bool(jnp.any(bad)):
-      raise ValueError("`targets` must be -1 or +1, got values "
-                       f"{jnp.unique(targets[bad])[:10].tolist()}.")
-  dtype = _checks.compute_dtype(outputs.dtype)
-  return jnp.maximum(0.0, 1.0 - outputs.astype(dtype) * targets.astype(dtype))
+  outputs, targets = _signed_targets(predictor_outputs, targets)
+  return jnp.maximum(0.0, 1.0 - outputs * targets)
 
 
 def _crammer_singer_margin(logits: Array, labels: Array,
@@ -89,3 +82,62 @@ def multiclass_squared_hinge_loss(scores, labels, *, axis: int = -1,
   batch = _prepare.integer_label_batch(scores, labels, axis, where)
   return batch.finish(jnp.square(
       _crammer_singer_margin(batch.logits, batch.labels, batch.num_classes)))
+
+
+def _signed_targets(predictor_outputs, targets, name: str = "targets"):
+  """Outputs and ±1 targets of the same shape, in the compute dtype."""
+  outputs = _checks.floating_array(predictor_outputs, "predictor_outputs")
+  targets = jnp.asarray(targets)
+  _checks.check_shape(targets, outputs.shape, name, "the shape of `predictor_outputs`")
+  if not _checks.is_traced(targets):
+    values = np.asarray(targets)
+    bad = np.abs(values) != 1
+    if bad.any():
+      raise ValueError(f"`{name}` must be -1 or +1, got values "
+                       f"{np.unique(values[bad])[:10].tolist()}.")
+  dtype = _checks.compute_dtype(outputs.dtype)
+  return outputs.astype(dtype), targets.astype(dtype)
+
+
+def perceptron_loss(predictor_outputs, targets) -> Array:
+  r"""Binary perceptron loss, elementwise: ``max(0, -y f)`` with ``y in {-1, 1}``.
+
+  Same numbers as ``optax.perceptron_loss``: zero once the sign is right,
+  with no margin (the hinge loss asks for a margin of 1).
+
+  Args:
+    predictor_outputs: ``[...]`` scores.
+    targets: ``[...]`` targets in ``{-1, +1}``, same shape.
+
+  Returns:
+    ``[...]`` elementwise losses.
+
+  Reference: Rosenblatt, "The Perceptron", 1958.
+  """
+  outputs, targets = _signed_targets(predictor_outputs, targets)
+  return jnp.maximum(0.0, -outputs * targets)
+
+
+def multiclass_perceptron_loss(scores, labels, *, axis: int = -1,
+                               where=None) -> Array:
+  r"""Multiclass perceptron loss: how far the best score is above the true one.
+
+  .. math:: \ell_i = \max_c z_{ic} - z_{i,y_i}
+
+  Same numbers as ``optax.multiclass_perceptron_loss``.
+
+  Args:
+    scores: ``[..., C]``.
+    labels: ``[...]`` integers in ``[0, C)``.
+    axis: the class axis.
+    where: optional ``[...]`` per-example mask.
+
+  Returns:
+    ``[...]`` per-example losses, ``>= 0``.
+
+  Reference: Collins, "Discriminative Training Methods for Hidden Markov
+  Models", EMNLP 2002.
+  """
+  batch = _prepare.integer_label_batch(scores, labels, axis, where)
+  return batch.finish(jnp.max(batch.logits, axis=-1)
+                      - _softmax.take_class(batch.logits, batch.labels))

@@ -8,15 +8,17 @@ import jax
 import jax.numpy as jnp
 
 from lossjax import _checks
+from lossjax import _softmax
 
 Array = jax.Array
 
 
 class IntegerLabelBatch(NamedTuple):
-  logits: Array  # [..., C], compute dtype, class axis last
+  logits: Array  # [..., C], compute dtype, class axes last (flattened)
   labels: Array  # [...], integer, forced into [0, C) where invalid
   valid: Array | None  # [...] bool, None when all labels are known valid
   where: Array | None  # [...] bool per-example mask, None for all
+  keep: Array | None = None  # [..., C] bool per-logit mask (optax's), None for all
 
   @property
   def num_classes(self) -> int:
@@ -31,26 +33,46 @@ class IntegerLabelBatch(NamedTuple):
     return values
 
 
-def integer_label_batch(logits, labels, axis, where) -> IntegerLabelBatch:
+def masks(where, shape: tuple, axes: tuple[int, ...], per_logit: bool):
+  """(per-example mask, per-logit mask) from the user's `where`: a mask of the
+  input's rank masks logits (optax's convention: masked logits leave the
+  softmax; an example with none left gives 0), one of the batch's rank masks
+  examples."""
+  batch_shape = tuple(n for a, n in enumerate(shape) if a not in axes)
+  if not _checks.is_per_element(where, len(shape)):
+    return _checks.example_mask(where, batch_shape), None
+  if not per_logit:
+    raise ValueError(
+        f"`where` must have shape {batch_shape} for this loss (one entry per example), "
+        f"got {tuple(jnp.shape(where))}; per-logit masks (the rank of `logits`) are taken by "
+        "the softmax cross-entropies, poly_loss_cross_entropy and the KL divergences.")
+  keep = _checks.element_mask(where, shape, axes)
+  return jnp.any(keep, axis=-1), keep
+
+
+def integer_label_batch(logits, labels, axis, where, *,
+                        per_logit: bool = False) -> IntegerLabelBatch:
   logits = _checks.floating_array(logits, "logits")
   labels = _checks.integer_array(labels, "labels")
-  logits = _checks.class_axis_last(logits, axis)
+  axes = _checks.class_axes(axis, logits.ndim)
+  where, keep = masks(where, logits.shape, axes, per_logit)
+  logits = _checks.classes_last(logits, axes)
   batch_shape = logits.shape[:-1]
   _checks.check_shape(labels, batch_shape, "labels",
                       "the shape of `logits` without its class axis")
-  where = _checks.example_mask(where, batch_shape)
   num_classes = logits.shape[-1]
   valid = _checks.label_validity(labels, num_classes, where)
   if valid is not None:
     labels = jnp.where(valid, labels, 0)
   logits = logits.astype(_checks.compute_dtype(logits.dtype))
-  return IntegerLabelBatch(logits, labels, valid, where)
+  return IntegerLabelBatch(logits, labels, valid, where, keep)
 
 
 class ProbabilityLabelBatch(NamedTuple):
-  logits: Array  # [..., C], compute dtype, class axis last
-  labels: Array  # [..., C], compute dtype, class axis last
-  where: Array | None
+  logits: Array  # [..., C], compute dtype, class axes last (flattened)
+  labels: Array  # [..., C], compute dtype, class axes last (flattened)
+  where: Array | None  # [...] per-example mask
+  keep: Array | None = None  # [..., C] per-logit mask
 
   def finish(self, values: Array) -> Array:
     if self.where is not None:
@@ -58,17 +80,39 @@ class ProbabilityLabelBatch(NamedTuple):
     return values
 
 
-def probability_label_batch(logits, labels, axis, where) -> ProbabilityLabelBatch:
+def probability_label_batch(logits, labels, axis, where, *,
+                            per_logit: bool = False) -> ProbabilityLabelBatch:
   logits = _checks.floating_array(logits, "logits")
   labels = _checks.floating_array(labels, "labels")
   _checks.check_shape(labels, logits.shape, "labels",
                       "one probability per logit; integer class indices go "
                       "to the `_with_integer_labels` form")
-  logits = _checks.class_axis_last(logits, axis)
-  labels = jnp.moveaxis(labels, axis, -1)
-  where = _checks.example_mask(where, logits.shape[:-1])
-  dtype = _checks.compute_dtype(jnp.promote_types(logits.dtype, labels.dtype))
-  return ProbabilityLabelBatch(logits.astype(dtype), labels.astype(dtype), where)
+  axes = _checks.class_axes(axis, logits.ndim)
+  where, keep = masks(where, logits.shape, axes, per_logit)
+  logits = _checks.classes_last(logits, axes)
+  labels = _checks.classes_last(labels, axes)
+  dtype = _checks.common_compute_dtype(logits.dtype, labels.dtype)
+  return ProbabilityLabelBatch(logits.astype(dtype), labels.astype(dtype), where, keep)
+
+
+def kept_count(batch) -> Array | int:
+  """The number of classes each example's softmax runs over."""
+  if batch.keep is None:
+    return batch.logits.shape[-1]
+  return jnp.sum(batch.keep, axis=-1).astype(batch.logits.dtype)
+
+
+def log_normalizer(batch) -> Array:
+  """logsumexp over each example's kept classes (all of them without a
+  per-logit mask)."""
+  if batch.keep is None:
+    return _softmax.log_normalizer(batch.logits)
+  return _softmax.masked_log_normalizer(batch.logits, batch.keep)
+
+
+def over_kept(batch, values: Array) -> Array:
+  """`values` [..., C] with the masked-out logits' entries set to 0."""
+  return values if batch.keep is None else jnp.where(batch.keep, values, 0.0)
 
 
 def per_class(value, batch, name: str) -> Array | None:

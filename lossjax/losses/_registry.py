@@ -16,6 +16,7 @@ from typing import Any, Callable
 from lossjax.losses import _binary
 from lossjax.losses import _cross_entropy
 from lossjax.losses import _margin
+from lossjax.losses import _sparsemax
 from lossjax.losses import _squared
 
 
@@ -126,6 +127,13 @@ register(LossSpec(
     "(max_c (z_c + 1 - [c = y]) - z_y)^2", "Crammer & Singer 2001 (squared)",
     None, twice_differentiable=False))
 register(LossSpec(
+    "perceptron", _margin.multiclass_perceptron_loss, {}, "max_c z_c - z_y",
+    "Collins 2002", "multiclass_perceptron_loss", twice_differentiable=False))
+register(LossSpec(
+    "sparsemax", _sparsemax.multiclass_sparsemax_loss, {},
+    "sum_c p_c (z_c - z_y) + (1 - |p|^2) / 2, p = sparsemax(z)",
+    "Martins & Astudillo 2016", "multiclass_sparsemax_loss"))
+register(LossSpec(
     "binary_cross_entropy", _binary.sigmoid_binary_cross_entropy, {},
     "-y log sigma(z) - (1 - y) log(1 - sigma(z))", "-",
     "sigmoid_binary_cross_entropy", kind="binary"))
@@ -133,6 +141,9 @@ register(LossSpec(
     "binary_focal", _binary.sigmoid_focal_loss, {"gamma": 2.0, "alpha": 0.25},
     "-alpha_t (1 - p_t)^gamma log p_t", "Lin et al. 2017", "sigmoid_focal_loss",
     kind="binary"))
+register(LossSpec(
+    "binary_sparsemax", _sparsemax.sparsemax_loss, {},
+    "sparseplus(-(2y - 1) z)", "Blondel et al. 2020", "sparsemax_loss", kind="binary"))
 register(LossSpec(
     "binary_mse", _binary.sigmoid_squared_error, {},
     "(sigma(z) - y)^2", "-", None, kind="binary"))

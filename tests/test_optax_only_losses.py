@@ -1,0 +1,240 @@
+"""The losses that are not in the registry (KL divergences, CTC, the signed-target
+binary losses) and optax's per-logit masks and tuple axes: float64 references,
+extreme inputs in three dtypes, bad input, jit/vmap/grad."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lossjax
+from tests import reference
+
+DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
+
+
+def _distributions(rng, shape, dtype=jnp.float32):
+  log_q = jax.nn.log_softmax(jnp.asarray(rng.normal(size=shape), jnp.float32))
+  t = rng.dirichlet(np.ones(shape[-1]), size=shape[:-1])
+  t[..., 0] = 0.0  # a target of probability 0
+  t /= t.sum(-1, keepdims=True)
+  return log_q.astype(dtype), jnp.asarray(t, dtype)
+
+
+def _kl_reference(log_q, t):
+  log_q, t = np.asarray(log_q, np.float64), np.asarray(t, np.float64)
+  terms = np.where(t > 0, t * (np.log(np.where(t > 0, t, 1.0)) - log_q), 0.0)
+  return terms.sum(-1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kl_divergences_match_float64_references(dtype, rng):
+  log_q, t = _distributions(rng, (6, 5), dtype)
+  tol = dict(rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(lossjax.kl_divergence(log_q, t), _kl_reference(log_q, t), **tol)
+  log_t = jnp.log(t.astype(jnp.float32))  # -inf where t = 0
+  np.testing.assert_allclose(lossjax.kl_divergence_with_log_targets(log_q, log_t),
+                             _kl_reference(log_q, t), **tol)
+  general = _kl_reference(log_q, t) + (np.exp(np.asarray(log_q, np.float64))
+                                       - np.asarray(t, np.float64)).sum(-1)
+  np.testing.assert_allclose(lossjax.generalized_kl_divergence(log_q, t), general, **tol)
+  assert lossjax.kl_divergence(log_q, t).dtype == jnp.float32
+
+
+def test_kl_where_a_prediction_and_its_target_are_zero_is_finite_with_a_finite_gradient():
+  log_q = jnp.array([[-jnp.inf, 0.0]])  # prediction (0, 1)
+  t = jnp.array([[0.0, 1.0]])
+  assert float(lossjax.kl_divergence(log_q, t)[0]) == 0.0
+  grad = jax.grad(lambda t: lossjax.kl_divergence(jnp.array([[-1.0, -0.5]]), t).sum())(t)
+  assert np.all(np.isfinite(grad))
+  grad = jax.grad(lambda q: lossjax.kl_divergence(q, t).sum())(jnp.array([[-30.0, 0.0]]))
+  np.testing.assert_allclose(grad, [[0.0, -1.0]])
+
+
+def test_kl_masks_per_element_and_per_example_and_tuple_axes(rng):
+  log_q, t = _distributions(rng, (4, 3, 5))
+  keep = jnp.asarray(rng.integers(0, 2, size=(4, 3, 5)).astype(bool))
+  expected = np.where(np.asarray(keep), np.asarray(t) * (np.log(np.maximum(np.asarray(t), 1e-30))
+                                                         - np.asarray(log_q)), 0.0)
+  expected = np.where(np.asarray(t) > 0, expected, 0.0).sum(-1)
+  np.testing.assert_allclose(lossjax.kl_divergence(log_q, t, where=keep), expected, rtol=1e-5,
+                             atol=1e-6)
+  examples = jnp.array([True, False, True, True])[:, None] & jnp.ones((4, 3), bool)
+  got = lossjax.kl_divergence(log_q, t, where=examples)
+  np.testing.assert_allclose(got, np.where(np.asarray(examples), _kl_reference(log_q, t), 0.0),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(lossjax.kl_divergence(log_q, t, axis=(1, 2)),
+                             _kl_reference(log_q, t).sum(-1), rtol=1e-5)
+  np.testing.assert_allclose(lossjax.kl_divergence(log_q, t, axis=None),
+                             _kl_reference(log_q, t).sum(), rtol=1e-5)
+
+
+def test_kl_bad_input_is_named(rng):
+  log_q, t = _distributions(rng, (4, 5))
+  with pytest.raises(ValueError, match=r"`targets` must have shape \(4, 5\)"):
+    lossjax.kl_divergence(log_q, t[:, :4])
+  with pytest.raises(TypeError, match="`log_targets` must be a floating-point"):
+    lossjax.kl_divergence_with_log_targets(log_q, jnp.zeros((4, 5), jnp.int32))
+  with pytest.raises(ValueError, match="`axis`=2 is out of range"):
+    lossjax.generalized_kl_divergence(log_q, t, axis=2)
+  with pytest.warns(DeprecationWarning, match="use generalized_kl_divergence"):
+    lossjax.convex_kl_divergence(log_q, t)
+
+
+def test_kl_under_jit_vmap_and_grad(rng):
+  log_q, t = _distributions(rng, (6, 5))
+  eager = lossjax.generalized_kl_divergence(log_q, t)
+  np.testing.assert_allclose(jax.jit(lossjax.generalized_kl_divergence)(log_q, t), eager, rtol=1e-6)
+  np.testing.assert_allclose(jax.vmap(lossjax.generalized_kl_divergence)(log_q, t), eager,
+                             rtol=1e-6)
+  # d/dlog q_d of sum_d t_d (log t_d - log q_d) + q_d - t_d = q_d - t_d.
+  grad = jax.grad(lambda q: lossjax.generalized_kl_divergence(q, t).sum())(log_q)
+  np.testing.assert_allclose(grad, jnp.exp(log_q) - t, atol=1e-6)
+
+
+def _ctc_brute_force(logits, labels, blank=0):
+  """-log of the summed probability of every frame-level path that collapses
+  (merge repeats, drop blanks) to `labels`: enumeration, not a lattice."""
+  log_p = np.asarray(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32)), np.float64)
+  frames, classes = log_p.shape
+  total = -np.inf
+  for path in itertools.product(range(classes), repeat=frames):
+    collapsed = [k for i, k in enumerate(path) if k != blank and (i == 0 or k != path[i - 1])]
+    if collapsed == list(labels):
+      total = np.logaddexp(total, sum(log_p[t, k] for t, k in enumerate(path)))
+  return -total
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ctc_matches_enumerating_every_alignment(dtype, rng):
+  logits = rng.normal(size=(3, 5, 3)) * 2
+  labels = np.array([[1, 2, 0], [1, 1, 0], [2, 0, 0]])
+  label_lengths = [2, 2, 1]
+  frame_lengths = [5, 4, 3]
+  label_paddings = (np.arange(3)[None] >= np.array(label_lengths)[:, None]).astype(np.float32)
+  frame_paddings = (np.arange(5)[None] >= np.array(frame_lengths)[:, None]).astype(np.float32)
+  z = jnp.asarray(logits, dtype)
+  got = lossjax.ctc_loss(z, frame_paddings, labels, label_paddings)
+  assert got.dtype == jnp.float32
+  for b in range(3):
+    want = _ctc_brute_force(np.asarray(z[b, :frame_lengths[b]], np.float32),
+                            labels[b, :label_lengths[b]])
+    np.testing.assert_allclose(got[b], want, rtol=1e-5)
+
+
+def test_ctc_with_another_blank_gradients_and_jit(rng):
+  logits = jnp.asarray(rng.normal(size=(2, 4, 3)), jnp.float32)
+  labels = np.array([[0, 1], [1, 1]])
+  paddings = np.zeros((2, 2), np.float32)
+  frames = np.zeros((2, 4), np.float32)
+  got = lossjax.ctc_loss(logits, frames, labels, paddings, blank_id=2)
+  for b in range(2):
+    np.testing.assert_allclose(got[b], _ctc_brute_force(logits[b], labels[b], blank=2), rtol=1e-5)
+  loss = lambda z: jnp.sum(lossjax.ctc_loss(z, frames, labels, paddings, blank_id=2))
+  np.testing.assert_allclose(jax.jit(loss)(logits), loss(logits), rtol=1e-6)
+  grad = jax.grad(loss)(logits)
+  step = 1e-2 * jnp.asarray(rng.normal(size=logits.shape), jnp.float32)
+  numeric = (loss(logits + step) - loss(logits - step)) / 2
+  np.testing.assert_allclose(jnp.sum(grad * step), numeric, rtol=2e-2)
+  # Each frame's gradient is softmax minus the alignment posterior: it sums to 0.
+  np.testing.assert_allclose(grad.sum(-1), 0.0, atol=1e-5)
+
+
+def test_ctc_bad_input_is_named():
+  logits = jnp.zeros((2, 4, 3))
+  frames, labels, paddings = jnp.zeros((2, 4)), jnp.array([[1, 2], [1, 5]]), jnp.zeros((2, 2))
+  with pytest.raises(ValueError, match=r"`labels` must be integers in \[0, 3\).*\[5\]"):
+    lossjax.ctc_loss(logits, frames, labels, paddings)
+  lossjax.ctc_loss(logits, frames, labels, jnp.array([[0.0, 0.0], [0.0, 1.0]]))  # 5 is padding
+  with pytest.raises(ValueError, match="`blank_id`=3 is not a class"):
+    lossjax.ctc_loss(logits, frames, jnp.array([[1, 2], [1, 1]]), paddings, blank_id=3)
+  with pytest.raises(ValueError, match=r"`logit_paddings` must have shape \(2, 4\)"):
+    lossjax.ctc_loss(logits, frames[:, :3], labels, paddings)
+  with pytest.raises(ValueError, match="`label_paddings` must hold 0"):
+    lossjax.ctc_loss(logits, frames, labels, paddings + 0.5)
+  with pytest.raises(ValueError, match=r"`logits` must be \[batch, frames, classes\]"):
+    lossjax.ctc_loss(logits[0], frames, labels, paddings)
+
+
+def test_signed_target_losses():
+  scores = jnp.array([2.0, -0.5, 0.3])
+  signs = jnp.array([1.0, 1.0, -1.0])
+  np.testing.assert_allclose(lossjax.perceptron_loss(scores, signs), [0.0, 0.5, 0.3])
+  np.testing.assert_allclose(lossjax.hinge_loss(scores, signs), [0.0, 1.5, 1.3])
+  with pytest.raises(ValueError, match=r"`targets` must be -1 or \+1, got values \[0.0\]"):
+    lossjax.perceptron_loss(scores, jnp.array([1.0, 0.0, -1.0]))
+  # Checked outside a trace only; under jit the targets are abstract.
+  np.testing.assert_allclose(jax.jit(lossjax.perceptron_loss)(scores, signs), [0.0, 0.5, 0.3])
+
+
+def _masked_cross_entropy_reference(z, q, keep):
+  z = np.where(keep, np.asarray(z, np.float64), -np.inf)
+  with np.errstate(invalid="ignore"):  # rows with nothing kept: the caller sets them
+    log_p = z - np.logaddexp.reduce(z, axis=-1, keepdims=True)
+  return -np.where(keep, q * np.where(keep, log_p, 0.0), 0.0).sum(-1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_per_logit_masks_leave_the_softmax(dtype, rng):
+  z = jnp.asarray(rng.normal(size=(6, 5)) * 3, dtype)
+  keep = rng.integers(0, 2, size=(6, 5)).astype(bool)
+  keep[0] = False  # nothing left: 0
+  labels = rng.integers(0, 5, size=6)
+  q = np.eye(5)[labels]
+  want = _masked_cross_entropy_reference(np.asarray(z, np.float64), q, keep)
+  want[0] = 0.0
+  got = lossjax.softmax_cross_entropy(z, jnp.asarray(q, jnp.float32), where=keep)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  # Integer labels: lse over the kept logits minus the label's logit (optax's).
+  kept_lse = np.logaddexp.reduce(np.where(keep, np.asarray(z, np.float64), -np.inf), axis=-1)
+  want_int = np.where(keep.any(-1), kept_lse - np.asarray(z, np.float64)[np.arange(6), labels], 0)
+  got_int = lossjax.softmax_cross_entropy_with_integer_labels(z, jnp.asarray(labels), where=keep)
+  np.testing.assert_allclose(got_int, want_int, rtol=1e-5, atol=1e-6)
+  grad = jax.grad(lambda z: lossjax.softmax_cross_entropy_with_integer_labels(
+      z, jnp.asarray(labels), where=keep).sum())(z.astype(jnp.float32))
+  # Masked logits get no gradient, except the label's own (its logit is read as optax does).
+  others = ~keep & (np.arange(5)[None] != labels[:, None])
+  assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[others] == 0)
+  # A mask of ones is no mask.
+  np.testing.assert_allclose(
+      lossjax.poly_loss_cross_entropy(z, jnp.asarray(labels), where=np.ones((6, 5), bool)),
+      reference.poly1(np.asarray(z, np.float64), labels), rtol=1e-5)
+
+
+def test_tuple_axes_flatten_the_classes_in_the_order_given(rng):
+  z = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 12, size=(2,)))
+  # axis (2, 1): the class index is 3 * i4 + i3 over the transposed slice.
+  flat = jnp.transpose(z, (0, 2, 1)).reshape(2, 12)
+  np.testing.assert_allclose(
+      lossjax.softmax_cross_entropy_with_integer_labels(z, labels, axis=(2, 1)),
+      reference.cross_entropy(np.asarray(flat), np.asarray(labels)), rtol=1e-6)
+  q = jax.nn.softmax(jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32), axis=(1, 2))
+  np.testing.assert_allclose(
+      lossjax.softmax_cross_entropy(z, q, axis=(1, 2)),
+      lossjax.softmax_cross_entropy(z.reshape(2, 12), q.reshape(2, 12)), rtol=1e-6)
+  with pytest.raises(ValueError, match=r"`axis`=\(1, -2\) names an axis twice"):
+    lossjax.softmax_cross_entropy(z, q, axis=(1, -2))
+  with pytest.raises(TypeError, match="`axis` must be an int, a non-empty tuple"):
+    lossjax.softmax_cross_entropy(z, q, axis=1.0)
+
+
+def test_safe_cross_entropy_takes_zero_log_zero_as_zero():
+  z = jnp.array([[-jnp.inf, 0.0, 0.0], [-jnp.inf, 0.0, 0.0]])
+  q = jnp.array([[0.0, 0.5, 0.5], [0.4, 0.3, 0.3]])
+  got = lossjax.safe_softmax_cross_entropy(z, q)
+  np.testing.assert_allclose(got, [np.log(2.0), np.inf])
+  grad = jax.grad(lambda z: lossjax.softmax_cross_entropy(z, q[:1]).sum())(z[:1])
+  np.testing.assert_allclose(grad, [[0.0, 0.0, 0.0]], atol=1e-7)
+
+
+def test_sparsemax_is_the_simplex_projection(rng):
+  z = jnp.asarray(rng.normal(size=(50, 9)) * 2, jnp.float32)
+  p = lossjax.sparsemax(z)
+  np.testing.assert_allclose(p, reference.sparsemax_probabilities(np.asarray(z)), atol=1e-6)
+  np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)
+  labels = jnp.asarray(rng.integers(0, 9, size=50))
+  grad = jax.grad(lambda z: lossjax.multiclass_sparsemax_loss(z, labels).sum())(z)
+  np.testing.assert_allclose(grad, p - jax.nn.one_hot(labels, 9), atol=1e-5)
