@@ -1,5 +1,6 @@
 """Same names, same positional arguments, same numbers as optax 0.2.x."""
 
+import ast
 import io
 from pathlib import Path
 
@@ -91,27 +92,45 @@ def test_bfloat16_is_not_quantised_like_optax(batch):
 
 
 OPTAX_IMPORT = "from optax.losses import _classification\n"
+OPTAX_SUITE = Path(optax.__file__).parent / "losses" / "_classification_test.py"
+# Its test classes, read without importing it: one test each, so that xdist spreads them.
+OPTAX_CASES = [node.name for node in ast.parse(OPTAX_SUITE.read_text()).body
+               if isinstance(node, ast.ClassDef) and node.name.endswith("Test")]
 
 
-def test_optax_classification_suite_passes_unchanged_against_lossjax(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def optax_suite_on_lossjax(tmp_path_factory):
   """The installed optax's own `_classification_test.py`, copied with its one
-  import of `_classification` pointed at `lossjax.losses`: every test runs
-  and passes, none skipped or expected to fail."""
+  import of `_classification` pointed at `lossjax.losses`."""
   import importlib.util
-  import unittest
-  source = (Path(optax.__file__).parent / "losses" / "_classification_test.py").read_text()
+  source = OPTAX_SUITE.read_text()
   assert source.count(OPTAX_IMPORT) == 1, "optax's test no longer imports _classification this way"
-  path = tmp_path / "optax_classification_test_on_lossjax.py"
+  path = tmp_path_factory.mktemp("optax") / "optax_classification_test_on_lossjax.py"
   path.write_text(source.replace(OPTAX_IMPORT, "from lossjax import losses as _classification\n"))
   spec = importlib.util.spec_from_file_location(path.stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   assert module._classification is losses
-  suite = unittest.defaultTestLoader.loadTestsFromModule(module)
+  return module
+
+
+def test_the_classes_run_below_hold_every_test_of_optax_suite(optax_suite_on_lossjax):
+  import unittest
+  loader = unittest.defaultTestLoader
+  whole = loader.loadTestsFromModule(optax_suite_on_lossjax).countTestCases()
+  assert whole == sum(loader.loadTestsFromTestCase(getattr(optax_suite_on_lossjax, case))
+                      .countTestCases() for case in OPTAX_CASES) > 100
+
+
+@pytest.mark.parametrize("case", OPTAX_CASES)
+def test_optax_classification_suite_passes_unchanged_against_lossjax(case, optax_suite_on_lossjax):
+  """Every test of the class runs and passes, none skipped or expected to fail."""
+  import unittest
+  suite = unittest.defaultTestLoader.loadTestsFromTestCase(getattr(optax_suite_on_lossjax, case))
   # optax's tests run under JAX's default promotion rules, not this suite's strict ones.
   with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
     result = unittest.TextTestRunner(stream=io.StringIO(), verbosity=0).run(suite)
   problems = [(str(test), trace[-1500:]) for test, trace in result.failures + result.errors]
   assert not problems, "\n\n".join(f"{test}\n{trace}" for test, trace in problems)
   assert not result.skipped and not result.expectedFailures and not result.unexpectedSuccesses
-  assert result.testsRun == suite.countTestCases() > 100
+  assert result.testsRun == suite.countTestCases() > 0
