@@ -17,10 +17,12 @@ def _support(logits: Array) -> Array:
   """The classes sparsemax keeps: `[..., C] -> [..., C]` bool.
 
   Michelot's fixed point: with S the current support, tau = (sum_S z - 1)/|S|
-  and the next support is {z > tau}. Starting from every class, tau only
-  grows and S only shrinks, so it stops exactly, after at most C rounds (a
-  handful in practice) of one pass each: no sort. The largest logit always
-  stays (tau < max z), so S is never empty.
+  and the next support is S ∩ {z > tau}. From any S that holds the answer's
+  support, tau stays at or below the answer's and S only shrinks, so it stops
+  exactly after at most C rounds of one pass each: no sort. It starts from
+  {z > max z - 1}, which holds the support (no probability exceeds 1) and is
+  small for confident rows, so a few rounds suffice. The largest logit
+  always stays, so S is never empty.
   """
   z = jax.lax.stop_gradient(logits)
 
@@ -30,11 +32,12 @@ def _support(logits: Array) -> Array:
 
   def round_(state):
     support, _ = state
-    new = z > threshold(support)
+    new = support & (z > threshold(support))
     return new, jnp.any(new != support)
 
-  support, _ = jax.lax.while_loop(lambda state: state[1], round_,
-                                  (jnp.ones(z.shape, bool), jnp.array(True)))
+  start = z > jnp.max(z, axis=-1, keepdims=True) - 1.0
+  start = start | (z == jnp.max(z, axis=-1, keepdims=True))
+  support, _ = jax.lax.while_loop(lambda state: state[1], round_, (start, jnp.array(True)))
   return support
 
 
