@@ -39,6 +39,8 @@ def log_normalizer(logits: Array, *, platform: str | None = None) -> Array:
   (``jax.lax.platform_dependent``); `platform` ('cpu' or 'default') forces
   one, for tests of the path the current machine would not take.
   """
+  if logits.shape[-1] == 0:  # no classes: log 0 (a sum over them is then empty, 0)
+    return jnp.full(logits.shape[:-1], -jnp.inf, logits.dtype)
   # log sum_j exp(z_j) = m + log sum_j exp(z_j - m) for any m; m = max keeps
   # every exponent <= 0 so nothing overflows, and one term is exactly 1.
   row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))

@@ -132,3 +132,31 @@ def test_parts_of_a_run_render_as_one_and_an_interrupted_test_is_left_out(tmp_pa
   assert "| digits-mlp | engine | 16 | — | 500 | 40000 |" in text
   assert "### Steps to test accuracy" not in text  # no such entries: no empty table
   assert report.main([str(parts[0]), "a.md", "b.md"]) == 2
+
+
+def test_each_loss_is_divided_by_the_floor_of_its_kind(tmp_path):
+  facts = dict(backend="cpu", device_kind="cpu", device_count=1, jax_version="x")
+  shape = dict(batch=256, classes=32000, dtype="float32")
+  run = {"datetime": "2026-12-02T00:00:00", "machine_info": {"cpu": {"brand_raw": "TestCPU"}},
+         "commit_info": {"id": "abc"}, "benchmarks": [
+             _bench("test_loss_floor[s]", 0.004, measure="loss_floor", kind="softmax",
+                    milliseconds=4.0, **shape, **facts),
+             _bench("test_loss_floor[r]", 0.001, measure="loss_floor", kind="read",
+                    milliseconds=1.0, **shape, **facts),
+             _bench("test_gradient_write_floor[w]", 0.002, measure="gradient_write_floor",
+                    milliseconds=2.0, **shape, **facts),
+             _bench("test_loss_throughput[a]", 0.006, loss="cross_entropy", impl="lossjax",
+                    mode="forward", floor_kind="softmax", **shape, **facts),
+             _bench("test_loss_throughput[b]", 0.009, loss="cross_entropy", impl="lossjax",
+                    mode="value_and_grad", floor_kind="softmax", **shape, **facts),
+             _bench("test_loss_throughput[c]", 0.005, loss="mse", impl="lossjax",
+                    mode="forward", floor_kind="read", **shape, **facts),
+         ]}
+  source = tmp_path / "run.json"
+  source.write_text(json.dumps(run))
+  text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+  # 6 ms over the 4 ms softmax floor; value_and_grad: 9 ms over 4 + 2 ms.
+  assert "| `cross_entropy` | softmax | 1.50x | 1.50x |" in text
+  assert "| `mse` | read | 5.00x | — |" in text
+  assert "| `cross_entropy` | 6; 1.50x softmax floor |" in text
+  assert text.count(report.FLOOR_NOTE) == 1  # under the summary table

@@ -238,3 +238,14 @@ def test_sparsemax_is_the_simplex_projection(rng):
   labels = jnp.asarray(rng.integers(0, 9, size=50))
   grad = jax.grad(lambda z: lossjax.multiclass_sparsemax_loss(z, labels).sum())(z)
   np.testing.assert_allclose(grad, p - jax.nn.one_hot(labels, 9), atol=1e-5)
+
+
+def test_no_classes_left_gives_zero_as_optax():
+  # optax's masking tests slice a random mask's logits: the slice can be empty.
+  empty = jnp.zeros((0,), jnp.float32)
+  for fn in (lossjax.softmax_cross_entropy, lossjax.poly_loss_cross_entropy, lossjax.kl_divergence,
+             lossjax.generalized_kl_divergence, lossjax.kl_divergence_with_log_targets):
+    assert float(fn(empty, empty)) == 0.0, fn.__name__
+  z = jnp.array([1.0, 2.0, 3.0])
+  q = jnp.array([0.2, 0.3, 0.5])
+  assert float(lossjax.poly_loss_cross_entropy(z, q, where=jnp.zeros(3, bool))) == 0.0

@@ -77,7 +77,71 @@ FAULT_NOTE = ("‡: the median call of one of the two faulted in fresh memory pa
               "gradient, 8,001 faults, added ~8 ms to a ~5 ms call.")
 
 
+def _floors(benchmarks) -> tuple[dict, dict]:
+  """(kind, batch, classes, dtype) -> forward floor ms, and
+  (batch, classes, dtype) -> gradient-write ms, from this run's floor tests."""
+  forward, write = {}, {}
+  for b in benchmarks:
+    e = b["extra_info"]
+    if e.get("measure") == "loss_floor":
+      forward[(e["kind"], e["batch"], e["classes"], e["dtype"])] = e["milliseconds"]
+    elif e.get("measure") == "gradient_write_floor":
+      write[(e["batch"], e["classes"], e["dtype"])] = e["milliseconds"]
+  return forward, write
+
+
+def floor_ms(info, floors) -> float | None:
+  """The floor a loss entry is held to: its kind's forward floor at its shape
+  and dtype, plus the fresh gradient write for value_and_grad."""
+  forward, write = floors
+  key = (info["batch"], info["classes"], info["dtype"])
+  base = forward.get((info.get("floor_kind"), *key))
+  if base is None or info["mode"] == "forward":
+    return base
+  return None if key not in write else base + write[key]
+
+
+def _loss_ms(median, info) -> float:
+  return info["interleaved_ms"] if "interleaved_ms" in info else median * 1e3
+
+
+FLOOR_NOTE = ("÷ floor: lossjax's time over the least arithmetic its formula needs at that "
+              "shape and dtype, timed in the same run (`test_loss_floor`): a read of the logits "
+              "for losses without transcendental functions, the row max, exponentials and row "
+              "sums for softmax losses (the faster of a plain program and lossjax's "
+              "log-normaliser), an elementwise softplus for sigmoid losses; for value_and_grad "
+              "plus the write of a fresh logits-sized gradient (`test_gradient_write_floor`).")
+
+
+def _floor_table(benchmarks) -> list[str]:
+  """Every loss's time over its floor, forward and value_and_grad, at every
+  shape and dtype that has a floor in this run."""
+  floors = _floors(benchmarks)
+  ratios = defaultdict(dict)  # loss -> (dtype, shape, mode) -> ratio
+  for b in _by_test(benchmarks, "test_loss_throughput", "loss"):
+    e = b["extra_info"]
+    floor = floor_ms(e, floors) if e["impl"] in ("lossjax", "user") else None
+    if floor:
+      ratios[e["loss"]][(e["dtype"], e["batch"], e["classes"], e["mode"])] = (
+          _loss_ms(b["stats"]["median"], e) / floor, e["floor_kind"])
+  columns = sorted({key for by in ratios.values() for key in by},
+                   key=lambda k: (k[0] != "float32", k[0], k[1] * k[2], k[3] != "forward"))
+  if not columns:
+    return []
+  head = [f"{'fwd' if m == 'forward' else 'v&g'} {b}x{c} {d}" for d, b, c, m in columns]
+  lines = ["### Loss time ÷ its floor", "",
+           "Each loss's median over the floor of its kind (below the table), both from this "
+           "run; 1.00x would be the floor itself.", "",
+           "| loss | floor | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(columns)]
+  for loss, by in ratios.items():
+    kind = next(iter(by.values()))[1]
+    lines.append(f"| `{loss}` | {kind} | "
+                 + " | ".join(f"{by[c][0]:.2f}x" if c in by else "—" for c in columns) + " |")
+  return lines + ["", FLOOR_NOTE, ""]
+
+
 def _loss_tables(benchmarks, stream) -> list[str]:
+  floors = _floors(benchmarks)
   rows = defaultdict(dict)  # (mode, dtype) -> loss -> shape -> impl -> info
   shapes = set()
   for b in _by_test(benchmarks, "test_loss_throughput", "loss"):
@@ -119,6 +183,9 @@ def _loss_tables(benchmarks, stream) -> list[str]:
           gbs = info["bytes_touched"] / info["interleaved_ms"] / 1e6
         if gbs and shape[0] * shape[1] >= 4_000_000:
           cell += f"; {gbs:.1f} GB/s" + (f" ({100 * gbs / stream:.0f}%)" if stream else "")
+        floor = floor_ms(info, floors)
+        if floor:
+          cell += f"; {_loss_ms(ours, info) / floor:.2f}x {info['floor_kind']} floor"
         cells.append(cell)
       yours = any("user" in impls for impls in by_shape.values())
       lines.append(f"| `{loss}`{' (yours)' if yours else ''} | " + " | ".join(cells) + " |")
@@ -296,6 +363,7 @@ def render(run: dict, sources: list[pathlib.Path]) -> str:
                    f"cross-entropy forward), float32 {floor['batch']}x{floor['classes']}: "
                    f"{floor['milliseconds']:.3g} ms")
     lines.append("")
+  lines += _floor_table(benchmarks)
   lines += _loss_tables(benchmarks, stream)
   lines += _fused_head_table(benchmarks, ceiling)
   lines += _training_table(benchmarks, ceiling)

@@ -14,14 +14,17 @@ import numpy as np
 import optax
 import pytest
 
+from lossjax import _softmax
 from lossjax import losses
+from lossjax.losses import _binary
 from lossjax.bench._timing import (device_facts, interleaved_medians, loss_dtypes, loss_program,
                                    loss_shapes, median_seconds, pedantic, random_inputs,
                                    skip_if_too_big)
 from lossjax.bench.plugin import grid, user_losses
 
 __all__ = ["pytest_generate_tests", "test_stream_read_bandwidth", "test_fresh_output_write",
-           "test_exp_sum_floor", "test_loss_throughput"]
+           "test_exp_sum_floor", "test_loss_floor", "test_gradient_write_floor",
+           "test_loss_throughput"]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MODES = ("forward", "value_and_grad")
@@ -39,10 +42,56 @@ def _optax_fn(spec):
   return fn
 
 
+# The least arithmetic each kind of loss needs, as a program of its own (each
+# reduces to one number, so it writes nothing): every loss reads its logits;
+# a softmax loss also takes a row maximum, an exponential per logit and row
+# sums; a sigmoid loss a softplus (an exp and a log1p) per logit. On XLA:CPU
+# the plain max/exp/sum program is slower than lossjax's own log-normaliser
+# (see lossjax/_softmax.py), so the softmax floor is the faster of the two,
+# measured in the same test: a floor slower than the loss would be no floor.
+def _read_floor(z):
+  return jnp.sum(z, dtype=jnp.float32)
+
+
+def _softmax_floors(z):
+  z = z.astype(jnp.float32)
+  naive = lambda z: jnp.sum(jnp.sum(jnp.exp(z - jnp.max(z, axis=-1, keepdims=True)), axis=-1))
+  return {"naive": naive, "log_normalizer": lambda z: jnp.sum(_softmax.log_normalizer(z))}
+
+
+def _sigmoid_floor(z):
+  return jnp.sum(jax.nn.softplus(z.astype(jnp.float32)))
+
+
+FLOOR_KINDS = ("read", "softmax", "sigmoid")
+
+
+def floor_kind(name: str) -> str:
+  """Which floor a registered loss is held to: the cheapest arithmetic its
+  formula cannot do without (a user's loss, unknown, to the read)."""
+  spec = losses.spec(name)
+  if spec.fn is _binary.sigmoid_binary_cross_entropy or spec.fn is _binary.sigmoid_focal_loss \
+      or spec.fn is _binary.sigmoid_squared_error:
+    return "sigmoid"
+  if spec.kind == "multiclass" and (spec.log_normalizer or name == "brier"):
+    return "softmax"
+  return "read"
+
+
+def _floor_inputs(shape, dtype, kind):
+  # The binary losses see B*C logits in one axis, as their benchmarks do.
+  logits, _ = _inputs(shape, dtype, "binary" if kind == "sigmoid" else "multiclass")
+  return logits
+
+
 def pytest_generate_tests(metafunc):
   if "floor_shape" in metafunc.fixturenames:
     shapes = _large_shapes(metafunc.config)
     metafunc.parametrize("floor_shape", shapes, ids=[f"{b}x{c}" for b, c in shapes])
+  if "floor_dtype" in metafunc.fixturenames:
+    metafunc.parametrize("floor_dtype", loss_dtypes(metafunc.config))
+  if "floor_of" in metafunc.fixturenames:
+    metafunc.parametrize("floor_of", FLOOR_KINDS)
   if "loss_case" not in metafunc.fixturenames:
     return
   cases, ids = [], []
@@ -132,6 +181,43 @@ def test_exp_sum_floor(benchmark, floor_shape, timed):
                                **device_facts()})
 
 
+def test_loss_floor(benchmark, floor_of, floor_shape, floor_dtype, timed):
+  """The forward floor of every loss of a kind at a shape and dtype (see
+  `floor_kind`); the loss tables divide each loss's time by it."""
+  skip_if_too_big(4 * int(np.prod(floor_shape)) * 2)
+  logits = _floor_inputs(floor_shape, floor_dtype, floor_of)
+  programs = ({"read": _read_floor} if floor_of == "read" else
+              {"softplus": _sigmoid_floor} if floor_of == "sigmoid" else _softmax_floors(logits))
+  compiled = {name: jax.jit(fn).lower(logits).compile() for name, fn in programs.items()}
+  medians = interleaved_medians(compiled, (logits,), rounds=5 if timed else 1)
+  fastest = min(medians, key=medians.get)
+  benchmark.group = "floors"
+  pedantic(benchmark, compiled[fastest], (logits,), timed=timed, rounds=5)
+  benchmark.extra_info.update({"measure": "loss_floor", "kind": floor_of,
+                               "formulation": fastest, "batch": floor_shape[0],
+                               "classes": floor_shape[1], "dtype": floor_dtype,
+                               "milliseconds": float(np.nanmin([median_seconds(benchmark),
+                                                                 medians[fastest]])) * 1e3,
+                               "formulations_ms": {k: v * 1e3 for k, v in medians.items()},
+                               **device_facts()})
+
+
+def test_gradient_write_floor(benchmark, floor_shape, floor_dtype, timed):
+  """Writing a fresh logits-sized gradient in the logits' dtype, nothing read:
+  what value_and_grad adds to its forward floor."""
+  skip_if_too_big(4 * int(np.prod(floor_shape)) * 2)
+  dtype = DTYPES[floor_dtype]
+  fill = jax.jit(lambda s: jnp.broadcast_to(s, floor_shape).astype(dtype))
+  scalar = jnp.float32(1.0)
+  compiled = fill.lower(scalar).compile()
+  benchmark.group = "floors"
+  pedantic(benchmark, compiled, (scalar,), timed=timed, rounds=5)
+  benchmark.extra_info.update({"measure": "gradient_write_floor", "batch": floor_shape[0],
+                               "classes": floor_shape[1], "dtype": floor_dtype,
+                               "milliseconds": median_seconds(benchmark) * 1e3,
+                               **device_facts()})
+
+
 _OPTAX_PROGRAMS: dict = {}
 
 
@@ -164,7 +250,7 @@ def test_loss_throughput(benchmark, loss_case, timed, request):
   seconds = median_seconds(benchmark)
   touched = _bytes_touched(logits, labels, mode)
   info = {"loss": name, "impl": impl, "mode": mode, "batch": shape[0], "classes": shape[1],
-          "dtype": dtype, "bytes_touched": touched, "gb_per_s": touched / seconds / 1e9,
+          "dtype": dtype, "bytes_touched": touched, "floor_kind": floor_kind(name), "gb_per_s": touched / seconds / 1e9,
           "optax_equivalent": spec.optax_equivalent, **device_facts()}
   if impl == "lossjax" and spec.optax_equivalent:
     # The ratio to optax: both programs called alternately in this test.
