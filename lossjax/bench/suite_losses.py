@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from lossjax import _sigmoid
 from lossjax import _softmax
 from lossjax import losses
 from lossjax.losses import _binary
@@ -43,24 +44,30 @@ def _optax_fn(spec):
 
 
 # The least arithmetic each kind of loss needs, as a program of its own (each
-# reduces to one number, so it writes nothing): every loss reads its logits;
-# a softmax loss also takes a row maximum, an exponential per logit and row
-# sums; a sigmoid loss a softplus (an exp and a log1p) per logit. On XLA:CPU
+# reduces to one number, so it writes nothing): every loss reads its logits
+# and labels (for a binary loss the labels are as many as the logits); a
+# softmax loss also takes a row maximum, an exponential per logit and row
+# sums; a sigmoid loss a softplus (an exp and a log1p) per logit. Each floor
+# is the fastest of its formulations, measured in the same test: on XLA:CPU
 # the plain max/exp/sum program is slower than lossjax's own log-normaliser
-# (see lossjax/_softmax.py), so the softmax floor is the faster of the two,
-# measured in the same test: a floor slower than the loss would be no floor.
-def _read_floor(z):
-  return jnp.sum(z, dtype=jnp.float32)
+# (see lossjax/_softmax.py), and jax.nn.softplus slower than lossjax's
+# (lossjax/_sigmoid.py); a floor slower than the loss would be no floor.
+def _labels_read(y):
+  return jnp.sum(y).astype(jnp.float32)
 
 
-def _softmax_floors(z):
-  z = z.astype(jnp.float32)
-  naive = lambda z: jnp.sum(jnp.sum(jnp.exp(z - jnp.max(z, axis=-1, keepdims=True)), axis=-1))
-  return {"naive": naive, "log_normalizer": lambda z: jnp.sum(_softmax.log_normalizer(z))}
-
-
-def _sigmoid_floor(z):
-  return jnp.sum(jax.nn.softplus(z.astype(jnp.float32)))
+def _floor_programs(kind: str) -> dict:
+  if kind == "read":
+    return {"read": lambda z, y: jnp.sum(z, dtype=jnp.float32) + _labels_read(y)}
+  if kind == "sigmoid":
+    f32 = lambda z: z.astype(jnp.float32)
+    return {"jax_softplus": lambda z, y: jnp.sum(jax.nn.softplus(f32(z))) + _labels_read(y),
+            "lossjax_softplus": lambda z, y: jnp.sum(_sigmoid.softplus(f32(z))) + _labels_read(y)}
+  def naive(z, y):
+    z = z.astype(jnp.float32)
+    return jnp.sum(jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))) + _labels_read(y)
+  return {"naive": naive, "log_normalizer": lambda z, y: jnp.sum(
+      _softmax.log_normalizer(z.astype(jnp.float32))) + _labels_read(y)}
 
 
 FLOOR_KINDS = ("read", "softmax", "sigmoid")
@@ -79,9 +86,8 @@ def floor_kind(name: str) -> str:
 
 
 def _floor_inputs(shape, dtype, kind):
-  # The binary losses see B*C logits in one axis, as their benchmarks do.
-  logits, _ = _inputs(shape, dtype, "binary" if kind == "sigmoid" else "multiclass")
-  return logits
+  # The binary losses see B*C logits (and labels) in one axis, as their benchmarks do.
+  return _inputs(shape, dtype, "binary" if kind == "sigmoid" else "multiclass")
 
 
 def pytest_generate_tests(metafunc):
@@ -185,14 +191,13 @@ def test_loss_floor(benchmark, floor_of, floor_shape, floor_dtype, timed):
   """The forward floor of every loss of a kind at a shape and dtype (see
   `floor_kind`); the loss tables divide each loss's time by it."""
   skip_if_too_big(4 * int(np.prod(floor_shape)) * 2)
-  logits = _floor_inputs(floor_shape, floor_dtype, floor_of)
-  programs = ({"read": _read_floor} if floor_of == "read" else
-              {"softplus": _sigmoid_floor} if floor_of == "sigmoid" else _softmax_floors(logits))
-  compiled = {name: jax.jit(fn).lower(logits).compile() for name, fn in programs.items()}
-  medians = interleaved_medians(compiled, (logits,), rounds=5 if timed else 1)
+  inputs = _floor_inputs(floor_shape, floor_dtype, floor_of)
+  compiled = {name: jax.jit(fn).lower(*inputs).compile()
+              for name, fn in _floor_programs(floor_of).items()}
+  medians = interleaved_medians(compiled, inputs, rounds=5 if timed else 1)
   fastest = min(medians, key=medians.get)
   benchmark.group = "floors"
-  pedantic(benchmark, compiled[fastest], (logits,), timed=timed, rounds=5)
+  pedantic(benchmark, compiled[fastest], inputs, timed=timed, rounds=5)
   benchmark.extra_info.update({"measure": "loss_floor", "kind": floor_of,
                                "formulation": fastest, "batch": floor_shape[0],
                                "classes": floor_shape[1], "dtype": floor_dtype,

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from lossjax import _checks
+from lossjax import _sigmoid
 from lossjax import _softmax
 
 Array = jax.Array
@@ -55,14 +56,15 @@ def sigmoid_binary_cross_entropy(logits, labels, *, pos_weight=None,
     Array([0.693...], dtype=float32)
   """
   logits, labels, where = _binary_batch(logits, labels, where)
-  # log(1 - sigmoid(z)) = log sigmoid(-z): no 1 - p cancellation.
-  log_p = jax.nn.log_sigmoid(logits)
-  log_not_p = jax.nn.log_sigmoid(-logits)
-  positive = labels * log_p
-  if pos_weight is not None:
-    _checks.check_nonnegative(pos_weight, "pos_weight")
-    positive = pos_weight * positive
-  return _masked(-positive - (1.0 - labels) * log_not_p, where)
+  # -log sigmoid(z) = softplus(-z) = softplus(z) - z and -log(1 - sigmoid(z)) =
+  # softplus(z): one softplus, exact for every z (no 1 - p cancellation), so
+  # the loss is softplus(z) (1 - y + w y) - w y z.
+  softplus = _sigmoid.softplus(logits)
+  if pos_weight is None:
+    return _masked(softplus - labels * logits, where)
+  _checks.check_nonnegative(pos_weight, "pos_weight")
+  positive = pos_weight * labels
+  return _masked(softplus * (1.0 - labels + positive) - positive * logits, where)
 
 
 def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0,

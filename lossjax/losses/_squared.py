@@ -61,10 +61,15 @@ def mean_squared_error_logits(logits, labels, *, k=1.0, m=1.0,
   Square Loss vs Cross-Entropy in Classification Tasks", ICLR 2021.
   """
   batch = _prepare.integer_label_batch(logits, labels, axis, where)
-  is_true = jax.nn.one_hot(batch.labels, batch.num_classes, dtype=jnp.bool_)
-  squared = jnp.where(is_true, k * jnp.square(batch.logits - m),
-                      jnp.square(batch.logits))
-  return batch.finish(jnp.mean(squared, axis=-1))
+  # sum_c z_c^2 - z_y^2 + k (z_y - M)^2: a plain sum of squares and the picked
+  # logit. On XLA:CPU a row sum with a per-row select inside (z_y's own term
+  # swapped) does not vectorise: 145 ms against 28 ms at (65536, 1000) float32,
+  # a read of the logits 24 ms, measured alternately. Subtracting z_y^2 back
+  # loses at most a rounding of the whole sum, which the loss is of the order of.
+  true_logit = _softmax.take_class(batch.logits, batch.labels)
+  squares = jnp.sum(jnp.square(batch.logits), axis=-1)
+  loss = squares - jnp.square(true_logit) + k * jnp.square(true_logit - m)
+  return batch.finish(loss / batch.num_classes)
 
 
 def brier_loss(logits, labels, *, axis: int = -1, where=None) -> Array:
