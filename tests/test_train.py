@@ -95,7 +95,8 @@ def test_losses_of_both_kinds_train(loss, dataset):
 
 def test_class_balanced_weighting_and_cnn(digits):
   config = train.TrainConfig(**{**SMALL, "model": models.ModelConfig("cnn", width=16),
-                                "class_balance_beta": 0.99, "imbalance": 10.0, "seeds": (0,)})
+                                "class_balance_beta": 0.99, "imbalance": 10.0, "seeds": (0,),
+                                "steps": 20, "eval_interval": 10})
   history = train.train(config)
   assert np.all(np.isfinite(history.metrics["test_balanced_accuracy"]))
 
@@ -160,8 +161,9 @@ def test_eight_simulated_devices_give_the_one_device_result():
 def test_runs_that_do_not_divide_are_padded_and_a_cnn_maps_its_runs_per_device():
   # 3 runs on 2 devices: a copy of run 0 fills device 1's share and is dropped.
   # The CNN's runs are mapped (lax.map) on each device, as on one.
-  options = {**SMALL, "seeds": [0, 1, 2], "learning_rates": [0.05], "steps": 50,
-             "model": {"name": "cnn", "width": 16}}
+  # 10 steps: the CNN trains ~50 run-steps/s here, and the check is equality.
+  options = {**SMALL, "seeds": [0, 1, 2], "learning_rates": [0.05], "steps": 10,
+             "eval_interval": 5, "model": {"name": "cnn", "width": 16}}
   sharded = _train_on_cpu(options, 2)
   assert np.shape(sharded["acc"]) == (3, 2)
   if jax.default_backend() == "cpu":
