@@ -70,6 +70,17 @@ def pedantic(benchmark, compiled, args, *, timed: bool, rounds: int = 5, warmup:
   return benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1 if warmup else 0)
 
 
+def affordable_rounds(compiled, args, rounds: int, budget_s: float) -> int:
+  """`rounds`, or fewer (at least 2) when one call of `compiled` takes so long
+  that they would exceed `budget_s`: a program of seconds a call (sparsemax at
+  65536x1000, optax's: 10 s) is timed in a few rounds, not held to the grid's
+  count. The call made here to measure is also a warm-up."""
+  start = time.perf_counter()
+  jax.block_until_ready(compiled(*args))
+  seconds = time.perf_counter() - start
+  return int(min(rounds, max(2, budget_s // max(seconds, 1e-9))))
+
+
 def loss_program(fn, mode: str):
   """The jitted mean of a per-example loss ("forward") or its value_and_grad."""
   mean_loss = lambda z, y: jnp.mean(fn(z, y).astype(jnp.float32))

@@ -106,8 +106,9 @@ def _loss_ms(median, info) -> float:
 
 
 FLOOR_NOTE = ("÷ floor: lossjax's time over the least arithmetic its formula needs at that "
-              "shape and dtype, timed in the same run (`test_loss_floor`): a read of the logits "
-              "for losses without transcendental functions, the row max, exponentials and row "
+              "shape and dtype, timed in the same run (`test_loss_floor`): a read of the logits and "
+              "labels for losses without transcendental functions (`read`; `binary_read` for "
+              "the binary ones, whose labels are as many as their logits), the row max, exponentials and row "
               "sums for softmax losses (the faster of a plain program and lossjax's "
               "log-normaliser), an elementwise softplus for sigmoid losses; for value_and_grad "
               "plus the write of a fresh logits-sized gradient (`test_gradient_write_floor`).")
