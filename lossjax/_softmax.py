@@ -109,6 +109,11 @@ def safe_power(base: Array, exponent) -> Array:
   d/dx x**g is infinite (g < 1) or 0 * inf = NaN (g = 0) at x = 0; there the
   gradient is taken as 0, the limit from the right for g > 1.
   """
+  if isinstance(exponent, (int, float)) and not isinstance(exponent, bool) \
+      and float(exponent).is_integer() and 0 <= exponent <= 8:
+    # A static small integer: multiplications (x**2 = x * x), exact, with
+    # the derivative n x**(n-1) finite everywhere; no exp and log.
+    return jax.lax.integer_pow(base, int(exponent))
   positive = base > 0
   safe_base = jnp.where(positive, base, 1.0)
   return jnp.where(positive, safe_base ** exponent,

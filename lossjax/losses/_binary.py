@@ -92,11 +92,11 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0,
   if alpha is not None:
     _checks.check_in_range(alpha, "alpha", 0.0, 1.0)
   logits, labels, where = _binary_batch(logits, labels, where)
-  log_p = jax.nn.log_sigmoid(logits)
-  log_not_p = jax.nn.log_sigmoid(-logits)
-  cross_entropy = -labels * log_p - (1.0 - labels) * log_not_p
-  # 1 - p_t = y (1 - p) + (1 - y) p, built from the exact log-probabilities.
-  one_minus_pt = labels * jnp.exp(log_not_p) + (1.0 - labels) * jnp.exp(log_p)
+  # -log(1 - p) = softplus(z) and -log p = softplus(z) - z: one softplus.
+  softplus = _sigmoid.softplus(logits)
+  cross_entropy = softplus - labels * logits
+  # 1 - p_t = y (1 - p) + (1 - y) p, each from its exact log-probability.
+  one_minus_pt = labels * jnp.exp(-softplus) + (1.0 - labels) * jnp.exp(logits - softplus)
   loss = cross_entropy * _softmax.safe_power(one_minus_pt, gamma)
   if alpha is not None:
     loss = (alpha * labels + (1.0 - alpha) * (1.0 - labels)) * loss
