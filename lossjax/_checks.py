@@ -103,16 +103,11 @@ def classes_last(array: Array, axes: tuple[int, ...]) -> Array:
   """`array` with the class `axes` moved to the end (in their given order) and
   flattened into one: `[..., C]`, C the product of their sizes. A class index
   is then the flat index over those axes (optax's convention)."""
-  batch = tuple(a for a in range(array.ndim) if a not in axes)
   if axes == (array.ndim - 1,):
     return array
+  batch = tuple(a for a in range(array.ndim) if a not in axes)
   moved = jnp.transpose(array, batch + axes)
   return moved.reshape(moved.shape[:len(batch)] + (-1,))
-
-
-def class_axis_last(logits: Array, axis) -> Array:
-  """Moves the class axis (or axes, flattened) of `logits` to the end."""
-  return classes_last(logits, class_axes(axis, logits.ndim))
 
 
 def check_shape(value: Array, expected: tuple, name: str, why: str) -> None:

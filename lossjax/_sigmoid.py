@@ -33,3 +33,22 @@ def softplus(x: Array) -> Array:
 def _softplus_jvp(primals, tangents):
   (x,), (dx,) = primals, tangents
   return softplus(x), sigmoid(x) * dx
+
+
+@jax.custom_jvp
+def log_sigmoids(x: Array) -> tuple[Array, Array]:
+  """(log sigmoid(x), log sigmoid(-x)) from one exp and one log1p.
+
+  Both are exact in relative terms for every x (``-log1p(exp(-|x|))`` on the
+  side the sign favours, ``-x`` plus it on the other): a binary loss built on
+  them keeps ``exp(-20)``-sized losses of confident, right predictions. The
+  derivatives are the sigmoids, ``lax.logistic``, exact to every order.
+  """
+  shared = jnp.log1p(jnp.exp(-jnp.abs(x)))
+  return -(jnp.maximum(-x, 0.0) + shared), -(jnp.maximum(x, 0.0) + shared)
+
+
+@log_sigmoids.defjvp
+def _log_sigmoids_jvp(primals, tangents):
+  (x,), (dx,) = primals, tangents
+  return log_sigmoids(x), (jax.lax.logistic(-x) * dx, -jax.lax.logistic(x) * dx)

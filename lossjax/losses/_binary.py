@@ -56,15 +56,14 @@ def sigmoid_binary_cross_entropy(logits, labels, *, pos_weight=None,
     Array([0.693...], dtype=float32)
   """
   logits, labels, where = _binary_batch(logits, labels, where)
-  # -log sigmoid(z) = softplus(-z) = softplus(z) - z and -log(1 - sigmoid(z)) =
-  # softplus(z): one softplus, exact for every z (no 1 - p cancellation), so
-  # the loss is softplus(z) (1 - y + w y) - w y z.
-  softplus = _sigmoid.softplus(logits)
-  if pos_weight is None:
-    return _masked(softplus - labels * logits, where)
-  _checks.check_nonnegative(pos_weight, "pos_weight")
-  positive = pos_weight * labels
-  return _masked(softplus * (1.0 - labels + positive) - positive * logits, where)
+  # log p and log(1 - p) = log sigmoid(-z), both from one exp and one log1p,
+  # exact in relative terms (no 1 - p cancellation).
+  log_p, log_not_p = _sigmoid.log_sigmoids(logits)
+  positive = labels * log_p
+  if pos_weight is not None:
+    _checks.check_nonnegative(pos_weight, "pos_weight")
+    positive = pos_weight * positive
+  return _masked(-positive - (1.0 - labels) * log_not_p, where)
 
 
 def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0,
@@ -92,11 +91,10 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0,
   if alpha is not None:
     _checks.check_in_range(alpha, "alpha", 0.0, 1.0)
   logits, labels, where = _binary_batch(logits, labels, where)
-  # -log(1 - p) = softplus(z) and -log p = softplus(z) - z: one softplus.
-  softplus = _sigmoid.softplus(logits)
-  cross_entropy = softplus - labels * logits
+  log_p, log_not_p = _sigmoid.log_sigmoids(logits)
+  cross_entropy = -labels * log_p - (1.0 - labels) * log_not_p
   # 1 - p_t = y (1 - p) + (1 - y) p, each from its exact log-probability.
-  one_minus_pt = labels * jnp.exp(-softplus) + (1.0 - labels) * jnp.exp(logits - softplus)
+  one_minus_pt = labels * jnp.exp(log_not_p) + (1.0 - labels) * jnp.exp(log_p)
   loss = cross_entropy * _softmax.safe_power(one_minus_pt, gamma)
   if alpha is not None:
     loss = (alpha * labels + (1.0 - alpha) * (1.0 - labels)) * loss
