@@ -215,6 +215,19 @@ def check_nonnegative(value, name: str) -> None:
     raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
 
 
+def check_values_in(value, allowed: tuple, name: str) -> None:
+  """Outside a trace, ValueError naming `name` and its values not in
+  `allowed` (e.g. labels that must be 0 or 1, targets that must be -1 or +1)."""
+  if is_traced(value):
+    return
+  values = np.asarray(value)
+  bad = ~np.isin(values, allowed)
+  if bad.any():
+    choices = " or ".join(f"{a:+g}" if min(allowed) < 0 else f"{a:g}" for a in allowed)
+    raise ValueError(f"`{name}` must be {choices}, got values "
+                     f"{np.unique(values[bad])[:10].tolist()}.")
+
+
 def check_in_range(value, name: str, low: float, high: float,
                    low_open: bool = False) -> None:
   if is_traced(value):

@@ -62,7 +62,8 @@ def _floor_programs(kind: str) -> dict:
   if kind == "sigmoid":
     f32 = lambda z: z.astype(jnp.float32)
     return {"jax_softplus": lambda z, y: jnp.sum(jax.nn.softplus(f32(z))) + _labels_read(y),
-            "lossjax_softplus": lambda z, y: jnp.sum(_sigmoid.softplus(f32(z))) + _labels_read(y)}
+            "lossjax_softplus": lambda z, y: -jnp.sum(_sigmoid.log_sigmoids(f32(z))[1])
+                                             + _labels_read(y)}
   def naive(z, y):
     z = z.astype(jnp.float32)
     return jnp.sum(jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))) + _labels_read(y)

@@ -13,32 +13,20 @@ import warnings
 import jax
 import jax.numpy as jnp
 
-from lossjax import _checks
 from lossjax.losses import _prepare
 
 Array = jax.Array
 
 
-def _distribution_pair(first, second, axis, where, names):
-  """Both inputs checked, in the compute dtype, with the distribution's axes
-  last (flattened), and the masks: per example ``[...]`` and per element
-  ``[..., D]`` (either None)."""
-  first = _checks.floating_array(first, names[0])
-  second = _checks.floating_array(second, names[1])
-  _checks.check_shape(second, first.shape, names[1], f"the shape of `{names[0]}`")
-  axes = _checks.class_axes(axis, first.ndim, names[0])
-  example, keep = _prepare.masks(where, first.shape, axes, per_logit=True)
-  dtype = _checks.common_compute_dtype(first.dtype, second.dtype)
-  first = _checks.classes_last(first, axes).astype(dtype)
-  second = _checks.classes_last(second, axes).astype(dtype)
-  return first, second, keep, example
+def _distribution_pair(first, second, axis, where, names) -> _prepare.ProbabilityLabelBatch:
+  """Both inputs checked, in one compute dtype, the distribution's axes last
+  (flattened), with their per-example and per-element masks."""
+  return _prepare.probability_label_batch(first, second, axis, where, per_logit=True,
+                                          names=(*names, f"the shape of `{names[0]}`"))
 
 
-def _sum(values: Array, keep: Array | None, example: Array | None) -> Array:
-  if keep is not None:
-    values = jnp.where(keep, values, 0.0)
-  total = jnp.sum(values, axis=-1)
-  return total if example is None else jnp.where(example, total, 0.0)
+def _sum(batch: _prepare.ProbabilityLabelBatch, terms: Array) -> Array:
+  return batch.finish(jnp.sum(_prepare.over_kept(batch, terms), axis=-1))
 
 
 def _x_log_x_over(targets: Array, log_predictions: Array) -> Array:
@@ -76,9 +64,9 @@ def kl_divergence(log_predictions, targets, axis=-1, where=None) -> Array:
 
   Reference: Kullback & Leibler, "On Information and Sufficiency", 1951.
   """
-  log_predictions, targets, keep, example = _distribution_pair(
-      log_predictions, targets, axis, where, ("log_predictions", "targets"))
-  return _sum(_x_log_x_over(targets, log_predictions), keep, example)
+  batch = _distribution_pair(log_predictions, targets, axis, where,
+                             ("log_predictions", "targets"))
+  return _sum(batch, _x_log_x_over(batch.labels, batch.logits))
 
 
 def kl_divergence_with_log_targets(log_predictions, log_targets, axis=-1,
@@ -99,13 +87,14 @@ def kl_divergence_with_log_targets(log_predictions, log_targets, axis=-1,
   Returns:
     ``[...]`` divergences.
   """
-  log_predictions, log_targets, keep, example = _distribution_pair(
-      log_predictions, log_targets, axis, where, ("log_predictions", "log_targets"))
+  batch = _distribution_pair(log_predictions, log_targets, axis, where,
+                             ("log_predictions", "log_targets"))
+  log_predictions, log_targets = batch.logits, batch.labels
   possible = log_targets > -jnp.inf
   safe_log_targets = jnp.where(possible, log_targets, 0.0)
   terms = jnp.where(possible, jnp.exp(safe_log_targets) * (safe_log_targets - log_predictions),
                     0.0)
-  return _sum(terms, keep, example)
+  return _sum(batch, terms)
 
 
 def generalized_kl_divergence(log_predictions, targets, axis=-1, where=None) -> Array:
@@ -128,10 +117,11 @@ def generalized_kl_divergence(log_predictions, targets, axis=-1, where=None) -> 
 
   Reference: Boyd & Vandenberghe, "Convex Optimization", 2004, p. 90.
   """
-  log_predictions, targets, keep, example = _distribution_pair(
-      log_predictions, targets, axis, where, ("log_predictions", "targets"))
+  batch = _distribution_pair(log_predictions, targets, axis, where,
+                             ("log_predictions", "targets"))
+  log_predictions, targets = batch.logits, batch.labels
   terms = _x_log_x_over(targets, log_predictions) + jnp.exp(log_predictions) - targets
-  return _sum(terms, keep, example)
+  return _sum(batch, terms)
 
 
 @functools.wraps(generalized_kl_divergence, assigned=("__module__", "__annotations__"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lossjax import _checks
 from lossjax import _softmax
@@ -89,12 +88,7 @@ def _signed_targets(predictor_outputs, targets, name: str = "targets"):
   outputs = _checks.floating_array(predictor_outputs, "predictor_outputs")
   targets = jnp.asarray(targets)
   _checks.check_shape(targets, outputs.shape, name, "the shape of `predictor_outputs`")
-  if not _checks.is_traced(targets):
-    values = np.asarray(targets)
-    bad = np.abs(values) != 1
-    if bad.any():
-      raise ValueError(f"`{name}` must be -1 or +1, got values "
-                       f"{np.unique(values[bad])[:10].tolist()}.")
+  _checks.check_values_in(targets, (-1, 1), name)
   dtype = _checks.compute_dtype(outputs.dtype)
   return outputs.astype(dtype), targets.astype(dtype)
 

@@ -80,14 +80,21 @@ class ProbabilityLabelBatch(NamedTuple):
     return values
 
 
-def probability_label_batch(logits, labels, axis, where, *,
-                            per_logit: bool = False) -> ProbabilityLabelBatch:
-  logits = _checks.floating_array(logits, "logits")
-  labels = _checks.floating_array(labels, "labels")
-  _checks.check_shape(labels, logits.shape, "labels",
-                      "one probability per logit; integer class indices go "
-                      "to the `_with_integer_labels` form")
-  axes = _checks.class_axes(axis, logits.ndim)
+_PROBABILITY_LABELS = ("logits", "labels", "one probability per logit; integer class "
+                      "indices go to the `_with_integer_labels` form")
+
+
+def probability_label_batch(logits, labels, axis, where, *, per_logit: bool = False,
+                            names: tuple[str, str, str] = _PROBABILITY_LABELS
+                            ) -> ProbabilityLabelBatch:
+  """Two float arrays of one shape, class (or distribution) axes last, in one
+  compute dtype, with their masks; `names` are the two arguments' names and
+  why the second has the first's shape, for the errors."""
+  first, second, why = names
+  logits = _checks.floating_array(logits, first)
+  labels = _checks.floating_array(labels, second)
+  _checks.check_shape(labels, logits.shape, second, why)
+  axes = _checks.class_axes(axis, logits.ndim, first)
   where, keep = masks(where, logits.shape, axes, per_logit)
   logits = _checks.classes_last(logits, axes)
   labels = _checks.classes_last(labels, axes)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lossjax import _checks
 from lossjax import _softmax
@@ -26,19 +25,21 @@ def _support(logits: Array) -> Array:
   """
   z = jax.lax.stop_gradient(logits)
 
-  def threshold(support):
-    count = jnp.sum(support, axis=-1, keepdims=True, dtype=z.dtype)
-    return (jnp.sum(jnp.where(support, z, 0.0), axis=-1, keepdims=True) - 1.0) / count
-
   def round_(state):
     support, _ = state
-    new = support & (z > threshold(support))
+    new = support & (z > _threshold(z, support))
     return new, jnp.any(new != support)
 
-  start = z > jnp.max(z, axis=-1, keepdims=True) - 1.0
-  start = start | (z == jnp.max(z, axis=-1, keepdims=True))
+  top = jnp.max(z, axis=-1, keepdims=True)
+  start = (z > top - 1.0) | (z == top)
   support, _ = jax.lax.while_loop(lambda state: state[1], round_, (start, jnp.array(True)))
   return support
+
+
+def _threshold(z: Array, support: Array) -> Array:
+  """tau = (sum_S z - 1) / |S| for the support S: `[..., C] -> [..., 1]`."""
+  count = jnp.sum(support, axis=-1, keepdims=True, dtype=z.dtype)
+  return (jnp.sum(jnp.where(support, z, 0.0), axis=-1, keepdims=True) - 1.0) / count
 
 
 def sparsemax(logits: Array) -> Array:
@@ -59,9 +60,8 @@ def sparsemax(logits: Array) -> Array:
   Reference: Martins & Astudillo, "From Softmax to Sparsemax", ICML 2016.
   """
   support = _support(logits)
-  count = jnp.sum(support, axis=-1, keepdims=True, dtype=logits.dtype)
-  tau = (jnp.sum(jnp.where(support, logits, 0.0), axis=-1, keepdims=True) - 1.0) / count
-  return jnp.where(support, logits - tau, 0.0)
+  # tau from the logits themselves (not stopped): its derivative gives the Jacobian.
+  return jnp.where(support, logits - _threshold(logits, support), 0.0)
 
 
 def multiclass_sparsemax_loss(scores, labels, *, axis: int = -1, where=None) -> Array:
@@ -120,11 +120,7 @@ def sparsemax_loss(logits, labels, *, where=None) -> Array:
   logits = _checks.floating_array(logits, "logits")
   labels = jnp.asarray(labels)
   _checks.check_shape(labels, logits.shape, "labels", "one label per logit")
-  if not _checks.is_traced(labels):
-    values = np.asarray(labels)
-    bad = (values != 0) & (values != 1)
-    if bad.any():
-      raise ValueError(f"`labels` must be 0 or 1, got values {np.unique(values[bad])[:10].tolist()}.")
+  _checks.check_values_in(labels, (0, 1), "labels")
   where = _checks.example_mask(where, logits.shape)
   z = logits.astype(_checks.compute_dtype(logits.dtype))
   x = jnp.where(labels.astype(bool), -z, z)
