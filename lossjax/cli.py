@@ -52,7 +52,11 @@ def _train_parser(sub) -> None:
   p.add_argument("--activation", default=defaults.model.activation,
                  choices=sorted(models.ACTIVATIONS), help="hidden activation (default: %(default)s)")
   p.add_argument("--init-scale", type=float, default=defaults.model.init_scale,
-                 help="multiplier of the LeCun-normal initial weights (default: %(default)s)")
+                 help="multiplier of the initial weights (lecun, classical), or their absolute "
+                      "std (normal) (default: %(default)s)")
+  p.add_argument("--init", default=defaults.model.init, choices=models.INITS,
+                 help="kernel initialisation: LeCun normal, classical U[-1/sqrt(n), 1/sqrt(n)], "
+                      "or a normal of std --init-scale (default: %(default)s)")
   p.add_argument("--loss", default=defaults.loss,
                  help=f"registered loss: {', '.join(losses.names())} (default: %(default)s)")
   p.add_argument("--optimizer", default=defaults.optimizer,
@@ -97,7 +101,7 @@ def _train(args) -> int:
     config = train.TrainConfig(
         dataset=args.dataset, imbalance=args.imbalance, noise=args.noise,
         model=models.ModelConfig(args.model, args.depth, args.width, args.activation,
-                                 args.init_scale),
+                                 args.init_scale, init=args.init),
         loss=args.loss, optimizer=args.optimizer, optimizer_options=optimizer_options,
         schedule=args.schedule, batch_size=args.batch_size, steps=args.steps,
         eval_interval=args.eval_interval, seeds=tuple(range(args.seeds)),

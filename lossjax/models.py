@@ -26,8 +26,23 @@ def hidden_widths(hidden: tuple[int, ...], depth: int, width: int) -> list[int]:
   return list(hidden) or [width] * depth
 
 
-def _kernel_init(init_scale: float):
-  base = nnx.initializers.lecun_normal()
+INITS = ("lecun", "classical", "normal")
+
+
+def _kernel_init(init_scale: float, init: str = "lecun"):
+  """The kernels' initialiser: `init_scale` times LeCun's normal (std
+  1/sqrt(fan_in); LeCun et al. 1998), times the classical uniform
+  U[-1/sqrt(fan_in), 1/sqrt(fan_in)] (Glorot & Bengio 2010's "standard"
+  initialisation, std 1/sqrt(3 fan_in)), or, for ``"normal"``, a normal of
+  absolute std `init_scale` whatever the fan-in."""
+  if init == "lecun":
+    base = nnx.initializers.lecun_normal()
+  elif init == "classical":
+    base = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+  elif init == "normal":
+    base = nnx.initializers.normal(1.0)
+  else:
+    raise ValueError(f"unknown init {init!r}; available: {', '.join(INITS)}.")
   return lambda key, shape, dtype=jnp.float32: init_scale * base(key, shape, dtype)
 
 
@@ -36,8 +51,8 @@ class MLP(nnx.Module):
 
   def __init__(self, in_features: int, num_classes: int, *, depth: int = 1,
                width: int = 256, hidden: tuple[int, ...] = (), activation: str = "relu",
-               init_scale: float = 1.0, rngs: nnx.Rngs):
-    init = _kernel_init(init_scale)
+               init_scale: float = 1.0, init: str = "lecun", rngs: nnx.Rngs):
+    init = _kernel_init(init_scale, init)
     sizes = [in_features] + hidden_widths(hidden, depth, width)
     self.hidden = nnx.List([nnx.Linear(a, b, kernel_init=init, rngs=rngs)
                             for a, b in zip(sizes[:-1], sizes[1:])])
@@ -61,10 +76,11 @@ class CNN(nnx.Module):
 
   def __init__(self, input_shape: tuple[int, ...], num_classes: int, *,
                channels: tuple[int, int] = (6, 16), width: int = 120,
-               activation: str = "relu", init_scale: float = 1.0, rngs: nnx.Rngs):
+               activation: str = "relu", init_scale: float = 1.0, init: str = "lecun",
+               rngs: nnx.Rngs):
     if len(input_shape) != 3:
       raise ValueError(f"the CNN needs (height, width, channels) inputs, got {input_shape}.")
-    init = _kernel_init(init_scale)
+    init = _kernel_init(init_scale, init)
     height, wide, depth = input_shape
     self.conv1 = nnx.Conv(depth, channels[0], (5, 5), padding="SAME", kernel_init=init, rngs=rngs)
     self.conv2 = nnx.Conv(channels[0], channels[1], (5, 5), padding="SAME", kernel_init=init, rngs=rngs)
@@ -163,7 +179,9 @@ class ModelConfig:
   """Which model, and its shape. Defaults: a 256-unit ReLU MLP.
 
   `hidden` (e.g. ``(64, 32)``) gives the MLP's layer widths explicitly and
-  overrides `depth` x `width`.
+  overrides `depth` x `width`. `init` picks the kernels' initialisation
+  (``"lecun"``, ``"classical"`` or ``"normal"``, see `INITS`); `init_scale`
+  multiplies the first two and is the absolute std of the third.
   """
   name: str = "mlp"
   depth: int = 1
@@ -171,6 +189,7 @@ class ModelConfig:
   activation: str = "relu"
   init_scale: float = 1.0
   hidden: tuple[int, ...] = ()
+  init: str = "lecun"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,15 +217,20 @@ def build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -
   if config.activation not in ACTIVATIONS:
     raise ValueError(f"unknown activation {config.activation!r}; available: "
                      f"{', '.join(ACTIVATIONS)}.")
+  if config.init not in INITS:
+    raise ValueError(f"unknown init {config.init!r}; available: {', '.join(INITS)}.")
+  if not config.init_scale > 0:
+    raise ValueError(f"`init_scale` must be > 0, got {config.init_scale}.")
 
   def create(key: jax.Array) -> nnx.Module:
     rngs = nnx.Rngs(params=key)
     if config.name == "mlp":
       return MLP(math.prod(input_shape), num_classes, depth=config.depth, width=config.width,
                  hidden=config.hidden, activation=config.activation,
-                 init_scale=config.init_scale, rngs=rngs)
+                 init_scale=config.init_scale, init=config.init, rngs=rngs)
     return CNN(tuple(input_shape), num_classes, width=config.width,
-               activation=config.activation, init_scale=config.init_scale, rngs=rngs)
+               activation=config.activation, init_scale=config.init_scale, init=config.init,
+               rngs=rngs)
 
   graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: create(jax.random.key(0))))
 

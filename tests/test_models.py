@@ -32,7 +32,25 @@ def test_init_scale_scales_the_weights():
   assert ratio == pytest.approx(100.0, rel=1e-4)
 
 
+@pytest.mark.parametrize("init, scale, low, high", [
+    ("lecun", 1.0, 0.9 / 20, 1.1 / 20),  # std 1/sqrt(fan_in), fan_in 400
+    ("classical", 1.0, 0.9 / (20 * 3**0.5), 1.1 / (20 * 3**0.5)),  # U[-1/20, 1/20]
+    ("normal", 4.0, 3.6, 4.4),  # an absolute std, whatever the fan-in
+])
+def test_initialisations_have_their_stated_spread(init, scale, low, high):
+  params = models.build(models.ModelConfig(depth=0, init=init, init_scale=scale), (400,),
+                        300).init(jax.random.key(2))
+  kernel = np.asarray(params["out"]["kernel"][...])
+  assert low < kernel.std() < high
+  if init == "classical":
+    assert np.abs(kernel).max() <= 1 / 20
+
+
 def test_unknown_model_and_activation_are_named():
+  with pytest.raises(ValueError, match="unknown init 'he'; available: lecun, classical, normal"):
+    models.build(models.ModelConfig(init="he"), (4,), 3)
+  with pytest.raises(ValueError, match="`init_scale` must be > 0"):
+    models.build(models.ModelConfig(init_scale=0.0), (4,), 3)
   with pytest.raises(ValueError, match="unknown model 'rnn'; available: mlp, cnn"):
     models.build(models.ModelConfig("rnn"), (4,), 3)
   with pytest.raises(ValueError, match="unknown activation 'gelu'"):
