@@ -55,6 +55,12 @@ class TrainConfig:
   learning_rates: tuple[float, ...] = (0.01, 0.1)
   targets: tuple[float, ...] = (0.85, 0.9, 0.92)
   data_seed: int = 0
+  # The batch order's seed, apart from the initial weights' (`seeds`): two
+  # order seeds train the same initial models on different batch orders.
+  order_seed: int = 0
+  # Which splits are evaluated every interval: validation and test always,
+  # "train" on request (its accuracy tells an optimisation failure apart).
+  eval_splits: tuple[str, ...] = ("val", "test")
   max_chunk_steps: int = 500
   # How runs share the program: "vmap" batches them (one big op per layer);
   # "map" loops over them inside the program. "auto" maps convolutional
@@ -91,6 +97,11 @@ class TrainConfig:
                        f"({self.eval_interval}).")
     if not self.seeds or not self.learning_rates:
       raise ValueError("`seeds` and `learning_rates` must not be empty.")
+    if not {"val", "test"} <= set(self.eval_splits) <= {"train", "val", "test"}:
+      raise ValueError("`eval_splits` must hold 'val' and 'test', and may add 'train'; got "
+                       f"{self.eval_splits}.")
+    if self.order_seed < 0:
+      raise ValueError(f"`order_seed` must be >= 0, got {self.order_seed}.")
     if self.runs_mode not in ("auto", "vmap", "map"):
       raise ValueError(f"`runs_mode` must be 'auto', 'vmap' or 'map', got {self.runs_mode!r}.")
     if any(lr <= 0 for lr in self.learning_rates):
@@ -434,7 +445,7 @@ class _Program:
 
       state, batch_losses = jax.lax.scan(one_step, state, (steps, batches))
       record = {"train_loss": jnp.mean(batch_losses)}
-      for split in ("val", "test"):
+      for split in self.config.eval_splits:
         for name, value in self.evaluate(state["params"], arrays[f"x_{split}"],
                                          arrays[f"y_{split}"]).items():
           record[f"{split}_{name}"] = value
@@ -542,6 +553,8 @@ class Trainer:
     self.arrays = arrays
     seed_keys = jax.vmap(jax.random.key)(jnp.asarray(run_seeds))
     data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys)
+    if config.order_seed:
+      data_keys = jax.vmap(lambda k: jax.random.fold_in(k, config.order_seed))(data_keys)
     self._init = jax.jit(jax.vmap(program.init))
     self._seed_keys = seed_keys
     self._mesh, self._num_runs = mesh, num_runs

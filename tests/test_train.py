@@ -101,7 +101,24 @@ def test_class_balanced_weighting_and_cnn(digits):
   assert np.all(np.isfinite(history.metrics["test_balanced_accuracy"]))
 
 
+def test_an_order_seed_changes_the_batches_not_the_initial_models(digits):
+  options = {**SMALL, "eval_splits": ("train", "val", "test")}
+  base = train.Trainer(train.TrainConfig(**options), dataset=digits)
+  other = train.Trainer(train.TrainConfig(**options, order_seed=1), dataset=digits)
+  same_init = jax.tree.map(np.array_equal, base._initial_state()["params"],
+                           other._initial_state()["params"])
+  assert all(jax.tree.leaves(same_init))
+  first, second = base.run(), other.run()
+  assert not np.array_equal(first.metrics["train_loss"], second.metrics["train_loss"])
+  # The train split is evaluated on request.
+  assert first.metrics["train_accuracy"].shape == first.metrics["test_accuracy"].shape
+
+
 def test_bad_config_is_named():
+  with pytest.raises(ValueError, match="`eval_splits` must hold 'val' and 'test'"):
+    train.TrainConfig(eval_splits=("train", "test"))
+  with pytest.raises(ValueError, match="`order_seed` must be >= 0"):
+    train.TrainConfig(order_seed=-1)
   with pytest.raises(ValueError, match="unknown loss"):
     train.TrainConfig(loss="nope")
   with pytest.raises(ValueError, match="must be a multiple of `eval_interval`"):
