@@ -84,6 +84,21 @@ def balanced_accuracy(logits, labels, num_classes: int) -> Array:
   return jnp.nanmean(per_class_recall(logits, labels, num_classes))
 
 
+def macro_f1(logits, labels, num_classes: int) -> Array:
+  """Mean over the classes present in `labels` of each class's F1 (the
+  harmonic mean of its precision and recall, 0 when it is never predicted
+  right); sklearn's ``f1_score(average="macro")`` over those classes."""
+  predicted = jnp.argmax(logits, axis=-1)
+  ones = jnp.ones(labels.shape, jnp.float32)
+  hits = jax.ops.segment_sum((predicted == labels).astype(jnp.float32), labels,
+                             num_segments=num_classes)
+  actual = jax.ops.segment_sum(ones, labels, num_segments=num_classes)
+  guessed = jax.ops.segment_sum(ones, predicted, num_segments=num_classes)
+  f1 = 2 * hits / jnp.maximum(actual + guessed, 1.0)
+  present = (actual > 0).astype(jnp.float32)
+  return jnp.sum(present * f1) / jnp.sum(present)
+
+
 # Post-hoc metrics on scores (NumPy).
 
 def auroc(scores, labels) -> float:

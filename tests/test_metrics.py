@@ -39,6 +39,14 @@ def test_balanced_accuracy_and_recall_match_sklearn(predictions):
                              skm.recall_score(labels, predicted, average=None), rtol=1e-6)
 
 
+def test_macro_f1_matches_sklearn(predictions):
+  logits, labels = predictions
+  labels = np.where(labels == 5, 0, labels)  # class 5 absent from the labels, still predicted
+  predicted = logits.argmax(-1)
+  expected = skm.f1_score(labels, predicted, labels=range(5), average="macro", zero_division=0)
+  assert np.isclose(metrics.macro_f1(logits, labels, 6), expected, rtol=1e-6)
+
+
 def test_ece_matches_a_loop_over_bins(predictions):
   logits, labels = predictions
   probs = _softmax(logits.astype(np.float64))
