@@ -21,7 +21,7 @@ from lossjax import _io, _progress
 from lossjax.study._experiments import EXPERIMENTS, Budget
 from lossjax.study._report import write_report
 
-__all__ = ["Budget", "EXPERIMENTS", "run_study", "write_report"]
+__all__ = ["Budget", "EXPERIMENTS", "compilation_cache", "run_study", "write_report"]
 
 
 def _environment() -> dict:
@@ -33,6 +33,32 @@ def _environment() -> dict:
           "device_kind": jax.devices()[0].device_kind, "devices": jax.device_count(),
           "machine": platform.machine(),
           "cpu_count": os.cpu_count()}
+
+
+def compilation_cache() -> str:
+  """Turns on JAX's persistent compilation cache (unless one is set) and
+  returns its folder: ``$LOSSJAX_CACHE`` or ``~/.cache/lossjax``, then
+  ``jax-compilation``.
+
+  The study trains hundreds of small programs that differ only in their
+  data, seeds and rates (replicates, edge extensions, initial scales), and
+  for such models compiling costs more than training (a digits MLP grid:
+  3.4 s to compile, 0.5 s to train). JAX's in-memory cache keys on the
+  Python function, which every `Trainer` builds afresh; the persistent cache
+  keys on the compiled program itself, so each shape compiles once per
+  machine (measured: 5.9 s, then 0.4 s for the same program with other
+  seeds, rates and data).
+  """
+  current = jax.config.jax_compilation_cache_dir
+  if current:
+    return current
+  root = pathlib.Path(os.environ.get("LOSSJAX_CACHE", pathlib.Path.home() / ".cache" / "lossjax"))
+  folder = root / "jax-compilation"
+  folder.mkdir(parents=True, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", str(folder))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return str(folder)
 
 
 def run_study(out: str | os.PathLike = "results", *, quick: bool = False,
@@ -53,6 +79,7 @@ def run_study(out: str | os.PathLike = "results", *, quick: bool = False,
   unknown = set(names) - set(EXPERIMENTS)
   if unknown:
     raise ValueError(f"unknown experiment(s) {sorted(unknown)}; available: {', '.join(EXPERIMENTS)}.")
+  compilation_cache()
   started = time.perf_counter()
   with _progress.session(progress) as shared_log, \
        _progress.Bar("study: experiments", len(names), enabled=progress) as bar:
