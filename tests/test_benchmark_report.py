@@ -160,3 +160,22 @@ def test_each_loss_is_divided_by_the_floor_of_its_kind(tmp_path):
   assert "| `mse` | read | 5.00x | — |" in text
   assert "| `cross_entropy` | 6; 1.50x softmax floor |" in text
   assert text.count(report.FLOOR_NOTE) == 1  # under the summary table
+
+
+def test_steps_table_gives_each_losss_chosen_rate_and_median_with_its_interval(tmp_path):
+  facts = dict(backend="cpu", device_kind="cpu", device_count=1, jax_version="x")
+  steps = dict(target=0.9, grid=[0.03162, 0.1, 0.3162, 1.0, 3.162], seeds=5, steps_budget=300,
+               eval_interval=5, never_reached=1, reached_fraction=0.8, **facts)
+  run = {"datetime": "2026-12-02T00:00:00", "machine_info": {"cpu": {"brand_raw": "TestCPU"}},
+         "commit_info": {"id": "abc"}, "benchmarks": [
+             _bench("test_steps_to_accuracy[cross_entropy]", 12.0, loss="cross_entropy",
+                    chosen_learning_rate=0.3162, position="interior",
+                    choices={"0.3162": 0.7, "1": 0.3},
+                    median_steps_to_target={"mean": 45.0, "low": 40.0, "high": 55.0},
+                    final_test_accuracy={"mean": 0.93}, **steps)]}
+  source = tmp_path / "run.json"
+  source.write_text(json.dumps(run))
+  text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+  assert ("| `cross_entropy` | 0.3162 | interior | 0.3162 70%, 1 30% | 45 [40, 55] | 1/5 | "
+          "0.930 | 12.0 |") in text
+  assert "extended past an edge" in text
