@@ -277,7 +277,6 @@ def _plots(out: pathlib.Path, results: dict) -> dict[str, str]:
     result = results["init_scale"]
     settings = _verdicts.settings_of(result["runs"])
     tuning_curves(result, "claim_3_tuning_curves", [s for s in settings if "std 4" in s][:4])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     groups = {}
     for setting in settings:
       d = result["settings"][setting]
@@ -288,19 +287,26 @@ def _plots(out: pathlib.Path, results: dict) -> dict[str, str]:
         s = _protocol.summary(tuned, select="val_speed", metric="test_accuracy")
         steps = _protocol.summary(tuned, select="val_speed", metric="test_steps_to_target",
                                   statistic="median")
-        groups.setdefault((d["dataset"], d["model"], loss), []).append(
+        groups.setdefault(f"{d['dataset']} {d['model']}", {}).setdefault(loss, []).append(
             (d["init_scale"], s["mean"], steps["mean"]))
-    for (dataset, model, loss), points in groups.items():
-      points.sort()
-      axes[0].plot([p[0] for p in points], [p[1] for p in points], "o-", ms=3,
-                   label=f"{dataset} {model} {loss}")
-      axes[1].plot([p[0] for p in points], [p[2] for p in points], "o-", ms=3)
-    for ax, title in zip(axes, ("Claim 3: final test accuracy vs initial weight std",
-                                "median steps to the target (budget + interval = missed)")):
-      ax.set_xscale("log")
-      ax.set_xlabel("initial weight std (absolute)")
-      ax.set_title(title, fontsize=9)
-    axes[0].legend(fontsize=6)
+    fig, axes = plt.subplots(2, max(1, len(groups)), figsize=(3.4 * max(1, len(groups)), 6),
+                             squeeze=False)
+    colours = {}
+    for column, (model, by_loss) in enumerate(groups.items()):
+      for loss, points in by_loss.items():
+        points.sort()
+        colour = colours.setdefault(loss, f"C{len(colours)}")
+        axes[0][column].plot([p[0] for p in points], [p[1] for p in points], "o-", ms=3,
+                             color=colour, label=loss)
+        axes[1][column].plot([p[0] for p in points], [p[2] for p in points], "o-", ms=3,
+                             color=colour)
+      axes[0][column].set_title(f"Claim 3: {model}", fontsize=9)
+      axes[1][column].set_xlabel("initial weight std (absolute)")
+      for ax in (axes[0][column], axes[1][column]):
+        ax.set_xscale("log")
+    axes[0][0].set_ylabel("final test accuracy")
+    axes[1][0].set_ylabel("median steps to target\n(budget + interval = missed)")
+    axes[0][0].legend(fontsize=7)
     save(fig, "claim_3_accuracy_vs_init_scale")
     saturating = [s for s in settings if "std 4" in s]
     if saturating:
