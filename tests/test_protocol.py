@@ -143,3 +143,17 @@ def test_wilson_interval():
 def test_stability():
   assert _protocol.stability(["supported", "supported"]) == "firm"
   assert _protocol.stability(["supported", "depends"]) == "unstable"
+
+
+def test_equal_counts_tie_whatever_the_float_rounding():
+  # 0.1 + 0.2 > 0.3 in floats: the two rates still tie, and the smaller rate wins,
+  # in the choice and in every bootstrap replicate.
+  runs = [_run(0.1, s, {"val_accuracy": 0.3, "test_accuracy": 0.5}) for s in range(3)]
+  runs += [_run(1.0, s, {"val_accuracy": 0.1 + 0.2, "test_accuracy": 0.9}) for s in range(3)]
+  assert _protocol.choose(runs, "val_accuracy") == ("", 0.1)
+  assert _protocol.summary(runs, select="val_accuracy", metric="test_accuracy")["choices"] == {
+      "0.1": 1.0}
+  same = [_run(0.1, s, {"val_accuracy": 0.3, "test_accuracy": 0.1 + 0.2}) for s in range(3)]
+  other = [_run(0.1, s, {"val_accuracy": 0.3, "test_accuracy": 0.3}) for s in range(3)]
+  result = _protocol.compare(same, other, select="val_accuracy", metric="test_accuracy")
+  assert result["p_better"] == 0.5 and result["p_value"] == 1.0

@@ -100,7 +100,7 @@ def run_study(out: str | os.PathLike = "results", *, quick: bool = False,
                         "budget": dataclasses.asdict(budget), "seconds": seconds,
                         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "environment": _environment()}
-      _io.write_text_atomically(path, json.dumps(result, indent=1))
+      _io.write_text_atomically(path, json.dumps(result, separators=(",", ":")))
       log(f"[{index}/{len(names)}] {name} done in {seconds:.0f}s "
           f"(study so far {time.perf_counter() - started:.0f}s)")
     bar.update(len(names), "")

@@ -191,19 +191,26 @@ class Runner:
     return runs
 
   def _keep_curves(self, history, setting, variant, replicate, phase):
-    """Mean curves per rate (tuning runs) for the figures."""
-    if phase != "tune":
+    """Mean curves per rate (tuning runs) of the settings timed to a target,
+    for the figures (4 significant digits)."""
+    if phase != "tune" or setting.target is None:
       return
     for rate in np.unique(history.learning_rates):
       runs = history.runs_at(rate)
       name = f"{setting.name}|{replicate}|{variant.loss}|{variant.key}|{float(rate):g}"
       curve = {"eval_steps": history.eval_steps.tolist()}
-      for metric in ("test_accuracy", "test_misclassified_grad_norm", "train_loss"):
+      for metric in ("test_accuracy", "test_misclassified_grad_norm"):
         values = history.metrics[metric][runs]
         with np.errstate(all="ignore"):
-          curve[metric] = [None if not np.isfinite(v) else float(v)
+          curve[metric] = [None if not np.isfinite(v) else float(f"{v:.4g}")
                            for v in np.nanmean(np.where(np.isfinite(values), values, np.nan), 0)]
       self.curves[name] = curve
+
+
+# The final evaluations a run record keeps (the verdicts, tables and
+# figures read no others; a study's result files stay a few megabytes).
+FINAL_METRICS = ("train_accuracy", "val_accuracy", "val_balanced_accuracy", "test_accuracy",
+                 "test_balanced_accuracy", "test_nll", "test_ece", "test_brier")
 
 
 def _records(history: train.History, dataset: data.Dataset, setting: Setting, variant: Variant,
@@ -213,10 +220,8 @@ def _records(history: train.History, dataset: data.Dataset, setting: Setting, va
   steps = history.eval_steps
   budget_steps = int(steps[-1])
   for run in range(history.num_runs):
-    m = {}
-    for name, series in history.metrics.items():
-      if name.startswith(("val_", "test_", "train_")) and name != "train_loss":
-        m[name] = series[run, -1]
+    m = {name: history.metrics[name][run, -1] for name in FINAL_METRICS
+         if name in history.metrics}
     if setting.target is not None:
       for split in ("val", "test"):
         reached = history.metrics[f"{split}_accuracy"][run] >= setting.target
@@ -243,11 +248,14 @@ def _records(history: train.History, dataset: data.Dataset, setting: Setting, va
 
 
 def _record(history, run, setting, variant, replicate, phase, values, key=None) -> dict:
+  """A run's record: rates to 4 significant digits (the grid's own, undoing
+  float32), measurements to 9 (a float32 exactly)."""
   return {"setting": setting.name, "replicate": replicate, "loss": variant.loss,
-          "key": variant.key if key is None else key, "learning_rate": float(history.learning_rates[run]),
+          "key": variant.key if key is None else key,
+          "learning_rate": float(f"{history.learning_rates[run]:.4g}"),
           "seed": int(history.seeds[run]), "phase": phase,
           "diverged": bool(history.diverged[run]),
-          "metrics": {k: (None if v is None or not np.isfinite(v) else float(v))
+          "metrics": {k: (None if v is None or not np.isfinite(v) else float(f"{v:.9g}"))
                       for k, v in values.items()}}
 
 

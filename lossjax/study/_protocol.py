@@ -100,6 +100,14 @@ def _cell_arrays(cell: list[dict], select: str, metric: str):
   return np.where(diverged, np.nan, chosen_by), measured, diverged
 
 
+# Scores within this of the best tie, and a tie goes to the smaller rate.
+# Accuracies are counts over a split, so two rates with the same counts tie;
+# their means, from float32 measurements summed in another order, can differ
+# by ~1e-7, and a choice must not hang on that. Real differences of mean
+# accuracies are at least 1 / (seeds x examples), above 1e-6 for any split here.
+TIE_TOLERANCE = 1e-6
+
+
 def cell_score(cell: list[dict], select: str, higher_is_better: bool = True) -> float:
   """The mean selection metric of a cell, oriented so that larger is better;
   -inf when any of its runs diverged or is not finite (a rate that diverges
@@ -116,8 +124,10 @@ def choose(runs: Iterable[dict], select: str, higher_is_better: bool = True) -> 
   grouped = cells(r for r in runs if r.get("phase", "tune") == "tune")
   if not grouped:
     raise ValueError("no tuning runs to choose from.")
-  order = sorted(grouped, key=lambda k: (-cell_score(grouped[k], select, higher_is_better), k[1]))
-  return order[0]
+  scores = {k: cell_score(cell, select, higher_is_better) for k, cell in grouped.items()}
+  best = max(scores.values())
+  tied = [k for k, score in scores.items() if score >= best - TIE_TOLERANCE]
+  return min(tied, key=lambda k: k[1])  # the smaller rate (then the key first seen)
 
 
 def diverged_cell(cell: list[dict]) -> bool:
@@ -207,7 +217,9 @@ def nested_bootstrap(runs: list[dict], *, select: str, metric: str,
   scores, stats = np.stack(scores, 1), np.stack(stats, 1)  # [R, cells]
   # Ties go to the smaller rate, as in `choose`: order the cells by rate first.
   by_rate = np.argsort([k[1] for k in keys], kind="stable")
-  picked = by_rate[np.argmax(scores[:, by_rate], axis=1)]
+  ordered = scores[:, by_rate]
+  tied = ordered >= ordered.max(axis=1, keepdims=True) - TIE_TOLERANCE
+  picked = by_rate[np.argmax(tied, axis=1)]  # the first (smallest-rate) of the best
   counts = np.bincount(picked, minlength=len(keys)) / resamples
   _, estimate_values, _ = _cell_arrays(grouped[chosen], select, metric)
   return {"estimate": float(_statistic(estimate_values, statistic)),
@@ -258,6 +270,8 @@ def compare(a_runs: list[dict], b_runs: list[dict] | None, *, select: str, metri
   b_replicates = 0.0 if b is None else b["replicates"]
   diffs = orient * (a["replicates"] - b_replicates)
   diffs = diffs[np.isfinite(diffs)]
+  # Equal counts are a tie, whatever the float32 rounding (see TIE_TOLERANCE).
+  diffs = np.where(np.abs(diffs) < TIE_TOLERANCE, 0.0, diffs)
   sides = {"a": _json_side(a), "b": None if b is None else _json_side(b)}
   if not len(diffs):
     return {"difference": {"mean": None, "low": None, "high": None}, "p_better": None,
