@@ -349,7 +349,8 @@ def _plots(out: pathlib.Path, results: dict) -> dict[str, str]:
       ax.set_title(f"Claim 4: failure rate vs depth ({activation}, replicate A)", fontsize=9)
       ax.set_xlabel("hidden layers")
       ax.set_ylim(-0.05, 1.05)
-      ax.legend(fontsize=6)
+      if ax.lines:  # a quick study trains one activation only
+        ax.legend(fontsize=6)
     save(fig, "claim_4_failure_vs_depth")
   if "imbalance" in results:
     result = results["imbalance"]
