@@ -135,8 +135,7 @@ def _evidence_lines(verdict) -> list[str]:
         f"- [{item['replicate']}] {item['setting']}: {item['metric']} "
         f"({item['statistic']}), advantage of `{item['better']}` over `{item['other']}` "
         f"(> 0 favours `{item['better']}`) = {format_summary(d, item['metric'])}; "
-        f"P(better) = {_probability(item['p_better'])}, Holm p = "
-        f"{_p_value(p)}")
+        f"P(better) = {_probability(item['p_better'])}, Holm p {_p_value(p)}")
   return lines
 
 
@@ -144,7 +143,7 @@ def _p_value(p) -> str:
   if p is None:
     return "n/a"
   # The bootstrap resolves p-values down to 2 / RESAMPLES.
-  return f"< {2 / _protocol.RESAMPLES:g}" if p == 0 else f"{p:.3f}"
+  return f"< {2 / _protocol.RESAMPLES:g}" if p == 0 else f"= {p:.3f}"
 
 
 def _probability(p) -> str:

@@ -47,9 +47,16 @@ def comparison(runs, *, setting, replicate, a, b, metric, select, metric_higher=
   result = _protocol.compare(a_runs, b_runs, select=select, metric=metric,
                              metric_higher=metric_higher, statistic=statistic)
   return {"setting": setting, "replicate": replicate, "metric": metric,
-          "better": a + (f" ({a_key})" if a_key else ""),
-          "other": "0" if b is None else b + (f" ({b_key})" if b_key else ""),
+          "better": _label(a, a_key, a_runs),
+          "other": "0" if b is None else _label(b, b_key, b_runs),
           "statistic": statistic, **result}
+
+
+def _label(loss, key, runs) -> str:
+  """The loss, its key, or "(best variant)" when the choice spans several keys."""
+  if key:
+    return f"{loss} ({key})"
+  return loss + (" (best variant)" if len({r["key"] for r in runs}) > 1 else "")
 
 
 def adjust(comparisons: list[dict]) -> list[dict]:
