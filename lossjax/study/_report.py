@@ -254,15 +254,17 @@ def _plots(out: pathlib.Path, results: dict) -> dict[str, str]:
         select = _select(result, setting, loss)
         tuned = [r for r in result["runs"] if r["setting"] == setting and r["loss"] == loss
                  and r["replicate"] == "A" and r["phase"] == "tune"]
+        first_key = tuned[0]["key"]  # of several (claim 5's variants): the first, "plain"
+        tuned = [r for r in tuned if r["key"] == first_key]
         grouped = _protocol.cells(tuned)
-        keys = sorted(k for k in grouped if k[0] == tuned[0]["key"])
+        keys = sorted(grouped, key=lambda k: k[1])
         rates = [k[1] for k in keys]
         means = [np.nanmean([np.nan if r["diverged"] or r["metrics"].get(select) is None
                              else r["metrics"][select] for r in grouped[k]]) for k in keys]
-        line, = ax.plot(rates, means, "o-", label=loss, ms=3)
+        line, = ax.plot(rates, means, "o-", label=loss + (f" ({first_key})" if first_key else ""),
+                        ms=3)
         chosen = _protocol.choose(tuned, select)
-        if chosen[0] == tuned[0]["key"]:
-          ax.plot([chosen[1]], [means[rates.index(chosen[1])]], "*", ms=12, color=line.get_color())
+        ax.plot([chosen[1]], [means[rates.index(chosen[1])]], "*", ms=12, color=line.get_color())
       ax.set_xscale("log")
       ax.set_xlabel("learning rate (★ chosen; missing points diverged)")
       ax.set_title(f"{setting}: {select}", fontsize=9)
