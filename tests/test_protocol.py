@@ -157,3 +157,19 @@ def test_equal_counts_tie_whatever_the_float_rounding():
   other = [_run(0.1, s, {"val_accuracy": 0.3, "test_accuracy": 0.3}) for s in range(3)]
   result = _protocol.compare(same, other, select="val_accuracy", metric="test_accuracy")
   assert result["p_better"] == 0.5 and result["p_value"] == 1.0
+
+
+def test_runs_of_another_key_do_not_steer_the_extension():
+  # A post-hoc variant of the same runs peaks inside the grid; the tuned one
+  # at its top: the grid is extended for the tuned variant's sake.
+  calls = []
+
+  def train_rates(rates):
+    calls.append(tuple(rates))
+    return ([_run(r, s, {"val_accuracy": math.log10(r)}, key="plain") for r in rates
+             for s in range(2)]
+            + [_run(r, s, {"val_accuracy": 5 - abs(math.log10(r) + 0.5)}, key="adjusted")
+               for r in rates for s in range(2)])
+  _protocol.tune(train_rates, (0.1, 0.3162, 1.0), select="val_accuracy", key="plain",
+                 max_extensions=1)
+  assert len(calls) == 2 and calls[1] == (3.162, 10.0)

@@ -163,8 +163,9 @@ class Runner:
 
     runs = _protocol.tune(train_rates, self.budget.learning_rates, select=variant.select,
                           higher_is_better=variant.select_higher,
-                          max_extensions=self.budget.max_extensions)
-    chosen = _protocol.choose(runs, variant.select, variant.select_higher)
+                          max_extensions=self.budget.max_extensions, key=variant.key)
+    chosen = _protocol.choose([r for r in runs if r["key"] == variant.key], variant.select,
+                              variant.select_higher)
     if setting.fresh_seeds:
       fresh = tuple(range(first + 500, first + 500 + setting.fresh_seeds))
       fresh_runs = train_rates((chosen[1],), seeds=fresh, phase="fresh")

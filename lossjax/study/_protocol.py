@@ -149,22 +149,26 @@ def position(runs: Iterable[dict], chosen: tuple[str, float]) -> str:
 
 
 def tune(train_rates: Callable[[tuple[float, ...]], list[dict]], rates: Iterable[float], *,
-         select: str, higher_is_better: bool = True, max_extensions: int = 3) -> list[dict]:
+         select: str, higher_is_better: bool = True, max_extensions: int = 3,
+         key: str = "") -> list[dict]:
   """Trains `rates`, then extends the grid by a decade (two half-decades)
   past whichever end holds the best validation `select`, until the best is
   interior, the rates beyond it diverge, or `max_extensions` are spent.
 
   `train_rates(rates)` trains every seed at each of `rates` and returns
-  their runs (one key). Returns all the runs trained.
+  their runs; the grid is `key`'s (others that come with them, such as
+  post-hoc variants of the same runs, do not steer it). Returns all the
+  runs trained.
   """
   rates = tuple(sorted(rates))
   if len(rates) < 3:
     raise ValueError(f"a tuning grid needs at least 3 rates to have an interior, got {rates}.")
   runs = list(train_rates(rates))
   for _ in range(max_extensions):
-    chosen = choose(runs, select, higher_is_better)
-    trained = sorted({r["learning_rate"] for r in runs})
-    if position(runs, chosen) != GRID_END:
+    own = [r for r in runs if r.get("key", "") == key]
+    chosen = choose(own, select, higher_is_better)
+    trained = sorted({r["learning_rate"] for r in own})
+    if position(own, chosen) != GRID_END:
       break
     step = -1 if chosen[1] == trained[0] else 1
     end = half_decades(trained[0] if step < 0 else trained[-1])

@@ -66,6 +66,7 @@ def _select(result, setting, loss) -> str:
 def _fmt(value, metric) -> str:
   if value is None:
     return "n/a"
+  value += 0.0  # -0.0 prints as 0
   return f"{value:.0f}" if metric == "test_steps_to_target" else f"{value:.3f}"
 
 
