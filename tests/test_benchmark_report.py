@@ -179,3 +179,17 @@ def test_steps_table_gives_each_losss_chosen_rate_and_median_with_its_interval(t
   assert ("| `cross_entropy` | 0.3162 | interior | 0.3162 70%, 1 30% | 45 [40, 55] | 1/5 | "
           "0.930 | 12.0 |") in text
   assert "extended past an edge" in text
+
+
+def test_a_case_optax_cannot_build_is_marked(tmp_path):
+  facts = dict(backend="cpu", device_kind="cpu", device_count=1, jax_version="x")
+  shape = dict(batch=128, classes=10, dtype="bfloat16", mode="value_and_grad")
+  run = {"datetime": "2026-12-02T00:00:00", "machine_info": {"cpu": {"brand_raw": "TestCPU"}},
+         "commit_info": {"id": "abc"}, "benchmarks": [
+             _bench("test_loss_throughput[s]", 0.001, loss="sparsemax", impl="lossjax",
+                    optax_fails="TypeError: Custom JVP rule", floor_kind="read", **shape,
+                    **facts)]}
+  source = tmp_path / "run.json"
+  source.write_text(json.dumps(run))
+  text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+  assert "optax fails¶" in text and report.OPTAX_FAILS_NOTE in text

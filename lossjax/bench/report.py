@@ -66,6 +66,9 @@ def _fault_gap(info) -> str:
   return f"; ‡ page faults {ours:.0f} / {theirs:.0f}"
 
 
+OPTAX_FAILS_NOTE = ("¶: optax's program for this case does not build (its "
+                    "multiclass_sparsemax_loss cannot be differentiated in bfloat16: its custom "
+                    "JVP returns a bfloat16 tangent for a float32 output); lossjax is timed alone.")
 FAULT_NOTE = ("‡: the median call of one of the two faulted in fresh memory pages from the OS "
               "and the other's did not (minor page faults per call, lossjax / optax; a 4 KiB "
               "page each, ~1 µs each on the 2-core CPU). glibc's malloc maps every buffer "
@@ -179,6 +182,8 @@ def _loss_tables(benchmarks, stream) -> list[str]:
         elif "optax" in impls:
           theirs, _ = impls["optax"]
           cell += f" / {_ms(theirs)} ({theirs / ours:.2f}x)"
+        elif "optax_fails" in info:
+          cell += " / optax fails¶"
         gbs = info.get("gb_per_s")
         if "interleaved_ms" in info:
           gbs = info["bytes_touched"] / info["interleaved_ms"] / 1e6
@@ -192,6 +197,8 @@ def _loss_tables(benchmarks, stream) -> list[str]:
       lines.append(f"| `{loss}`{' (yours)' if yours else ''} | " + " | ".join(cells) + " |")
     if any("‡" in line for line in lines[table_start:]):
       lines += ["", FAULT_NOTE]
+    if any("¶" in line for line in lines[table_start:]):
+      lines += ["", OPTAX_FAILS_NOTE]
     lines.append("")
   return lines
 

@@ -245,8 +245,18 @@ def _optax_program(spec, mode, logits, labels):
   if key not in _OPTAX_PROGRAMS:
     _OPTAX_PROGRAMS.clear()  # one case at a time: the cases come in optax, lossjax pairs
     fn = lambda z, y, _f=_optax_fn(spec): _f(z, y, **spec.hyperparameters)
-    _OPTAX_PROGRAMS[key] = loss_program(fn, mode).lower(logits, labels).compile()
+    try:
+      _OPTAX_PROGRAMS[key] = loss_program(fn, mode).lower(logits, labels).compile()
+    except (TypeError, ValueError) as error:
+      # optax itself fails on the case (its multiclass_sparsemax_loss cannot be
+      # differentiated in bfloat16: its custom JVP returns a bfloat16 tangent
+      # for a float32 output): remembered, so lossjax's test is timed alone.
+      _OPTAX_PROGRAMS[key] = OptaxFailed(f"{type(error).__name__}: {str(error).splitlines()[0]}")
   return _OPTAX_PROGRAMS[key]
+
+
+class OptaxFailed(str):
+  """Why optax's program for a case could not be built."""
 
 
 def test_loss_throughput(benchmark, loss_case, timed, request):
@@ -256,6 +266,8 @@ def test_loss_throughput(benchmark, loss_case, timed, request):
   logits, labels = _inputs(shape, dtype, spec.kind)
   if impl == "optax":
     compiled = _optax_program(spec, mode, logits, labels)
+    if isinstance(compiled, OptaxFailed):
+      pytest.skip(f"optax fails on this case: {compiled}")
   else:
     compiled = loss_program(spec.bind(), mode).lower(logits, labels).compile()
   benchmark.group = f"{name} {mode} {shape[0]}x{shape[1]} {dtype}"
@@ -274,9 +286,12 @@ def test_loss_throughput(benchmark, loss_case, timed, request):
           "dtype": dtype, "bytes_touched": touched, "floor_kind": floor_kind(name),
           "gb_per_s": touched / seconds / 1e9,
           "optax_equivalent": spec.optax_equivalent, **device_facts()}
-  if impl == "lossjax" and _timed_beside_optax(spec, request.config):
+  theirs = (_optax_program(spec, mode, logits, labels)
+            if impl == "lossjax" and _timed_beside_optax(spec, request.config) else None)
+  if isinstance(theirs, OptaxFailed):
+    info["optax_fails"] = str(theirs)
+  elif theirs is not None:
     # The ratio to optax: both programs called alternately in this test.
-    theirs = _optax_program(spec, mode, logits, labels)
     if timed and large:
       rounds[1] = min(rounds[1], affordable_rounds(theirs, (logits, labels), rounds[1], 10.0))
     faults = {}
