@@ -93,11 +93,11 @@ def _value(run: dict, metric: str) -> float:
 
 
 def _cell_arrays(cell: list[dict], select: str, metric: str):
-  """(selection values with diverged runs as NaN, metric values, diverged)."""
+  """(selection values with diverged runs as NaN, metric values)."""
   diverged = np.array([bool(r["diverged"]) for r in cell])
   chosen_by = np.array([_value(r, select) for r in cell])
   measured = np.array([_value(r, metric) for r in cell])
-  return np.where(diverged, np.nan, chosen_by), measured, diverged
+  return np.where(diverged, np.nan, chosen_by), measured
 
 
 # Scores within this of the best tie, and a tie goes to the smaller rate.
@@ -112,7 +112,7 @@ def cell_score(cell: list[dict], select: str, higher_is_better: bool = True) -> 
   """The mean selection metric of a cell, oriented so that larger is better;
   -inf when any of its runs diverged or is not finite (a rate that diverges
   one time in five is not a usable rate)."""
-  values, _, _ = _cell_arrays(cell, select, select)
+  values, _ = _cell_arrays(cell, select, select)
   if not len(values) or not np.all(np.isfinite(values)):
     return -math.inf
   return float(values.mean() if higher_is_better else -values.mean())
@@ -212,7 +212,7 @@ def nested_bootstrap(runs: list[dict], *, select: str, metric: str,
   keys = list(grouped)
   scores, stats = [], []
   for key in keys:
-    chosen_by, measured, _ = _cell_arrays(grouped[key], select, metric)
+    chosen_by, measured = _cell_arrays(grouped[key], select, metric)
     draws = rng.integers(0, len(measured), (resamples, len(measured)))
     sample = chosen_by[draws]
     score = sample.mean(axis=1) if higher_is_better else -sample.mean(axis=1)
@@ -225,7 +225,7 @@ def nested_bootstrap(runs: list[dict], *, select: str, metric: str,
   tied = ordered >= ordered.max(axis=1, keepdims=True) - TIE_TOLERANCE
   picked = by_rate[np.argmax(tied, axis=1)]  # the first (smallest-rate) of the best
   counts = np.bincount(picked, minlength=len(keys)) / resamples
-  _, estimate_values, _ = _cell_arrays(grouped[chosen], select, metric)
+  _, estimate_values = _cell_arrays(grouped[chosen], select, metric)
   return {"estimate": float(_statistic(estimate_values, statistic)),
           "replicates": stats[np.arange(resamples), picked], "chosen": chosen,
           "position": position(tuning, chosen),
@@ -248,11 +248,7 @@ def interval(replicates: np.ndarray, level: float = LEVEL) -> tuple[float | None
 
 def summary(runs: list[dict], **options) -> dict:
   """`nested_bootstrap`'s estimate with its interval (JSON-ready)."""
-  result = nested_bootstrap(runs, **options)
-  low, high = interval(result["replicates"])
-  return {"mean": result["estimate"], "low": low, "high": high, "n": result["n"],
-          "chosen": list(result["chosen"]), "position": result["position"],
-          "choices": result["choices"]}
+  return _json_side(nested_bootstrap(runs, **options))
 
 
 def compare(a_runs: list[dict], b_runs: list[dict] | None, *, select: str, metric: str,
@@ -295,10 +291,10 @@ def _json_side(result: dict) -> dict:
           "choices": result["choices"]}
 
 
-def holm(p_values: list[float | None], alpha: float = ALPHA) -> list[float | None]:
-  """Holm's step-down adjusted p-values (None stays None): reject where the
-  adjusted value is below `alpha`, and the family-wise error is at most
-  `alpha` (Holm 1979)."""
+def holm(p_values: list[float | None]) -> list[float | None]:
+  """Holm's step-down adjusted p-values (None stays None): rejecting where
+  the adjusted value is below alpha keeps the family-wise error at most
+  alpha (Holm 1979)."""
   present = [(p, i) for i, p in enumerate(p_values) if p is not None]
   present.sort()
   adjusted: list[float | None] = [None] * len(p_values)

@@ -41,8 +41,6 @@ TABLE_METRICS = {
     "label_noise": ["test_accuracy", "test_ece"],
 }
 MEDIAN_METRICS = {"test_steps_to_target"}
-LOWER_IS_BETTER = {"test_ece", "test_ece_scaled", "test_nll", "test_nll_scaled",
-                   "test_steps_to_target", "failed"}
 
 
 def load_results(out: pathlib.Path) -> dict:
