@@ -184,11 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
 QUICK_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 
 
-def _cheap_compilation() -> None:
-  """Adds `QUICK_XLA_FLAGS` to XLA_FLAGS (read when JAX starts its backend;
-  in a process where it has started, nothing changes)."""
+def cheap_compilation(*extra: str) -> None:
+  """Adds `QUICK_XLA_FLAGS` and `extra` to XLA_FLAGS, keeping any already
+  set (read when JAX starts its backend; in a process where it has started,
+  nothing changes). The test session compiles this way too."""
   flags = os.environ.get("XLA_FLAGS", "")
-  for flag in QUICK_XLA_FLAGS:
+  for flag in QUICK_XLA_FLAGS + extra:
     if flag.split("=")[0] not in flags:
       flags = f"{flags} {flag}".strip()
   os.environ["XLA_FLAGS"] = flags
@@ -197,7 +198,7 @@ def _cheap_compilation() -> None:
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   if args.command == "study" and args.quick:
-    _cheap_compilation()
+    cheap_compilation()
   if hasattr(args, "cpu_devices"):
     from lossjax import train
     try:

@@ -30,16 +30,13 @@ def pytest_configure(config):
   # subprocesses inherit it.
   if config.getoption("benchmark_only", default=False):
     return
-  flags = os.environ.get("XLA_FLAGS", "")
-  wanted = ["--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"]
+  from lossjax import cli
+  extra = []
   if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     # One xdist worker per core already: each worker's XLA runs single-threaded
     # instead of every worker spinning up a thread per core.
-    wanted.append("--xla_cpu_multi_thread_eigen=false")
-  for flag in wanted:
-    if flag.split("=")[0] not in flags:
-      flags = f"{flags} {flag}".strip()
-  os.environ["XLA_FLAGS"] = flags
+    extra.append("--xla_cpu_multi_thread_eigen=false")
+  cli.cheap_compilation(*extra)
 
 
 def _scheduled_by_file(config) -> None:

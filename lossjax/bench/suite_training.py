@@ -337,13 +337,11 @@ def test_steps_to_accuracy(benchmark, loss, timed):
                                  replicates=("A",), dataset=dataset)
   runner = _experiments.Runner(budget, log=lambda message: None)
   benchmark.group = "steps to accuracy (mnist5k MLP)"
-  found = {}
-  tune = lambda: found.setdefault("runs", runner.variant(setting, variant, "A"))
+  tune = lambda: runner.variant(setting, variant, "A")
   if timed:
-    benchmark.pedantic(tune, rounds=1, iterations=1, warmup_rounds=0)
+    runs = benchmark.pedantic(tune, rounds=1, iterations=1, warmup_rounds=0)
   else:
-    benchmark(tune)
-  runs = found["runs"]
+    runs = benchmark(tune)
   options = dict(select="val_speed")
   median = _protocol.summary(runs, metric="test_steps_to_target", statistic="median", **options)
   reached = _protocol.summary(runs, metric="test_reached_target", **options)
