@@ -76,7 +76,7 @@ def softmax_cross_entropy_with_integer_labels(
   batch = _prepare.integer_label_batch(logits, labels, axis, where, per_logit=True)
   weights = _prepare.per_class(class_weights, batch, "class_weights")
   log_norm = _prepare.log_normalizer(batch)
-  loss = log_norm - _softmax.take_class(batch.logits, batch.labels)
+  loss = log_norm - batch.true_logit()
   if weights is not None:
     loss = loss * weights[batch.labels]
   if not _checks.is_static_zero(label_smoothing):
@@ -179,7 +179,7 @@ def poly_loss_cross_entropy(
                         and jnp.ndim(labels) == jnp.ndim(logits))
   if not probability_labels:
     batch = _prepare.integer_label_batch(logits, labels, axis, where, per_logit=True)
-    log_prob = _softmax.take_class(batch.logits, batch.labels) - _prepare.log_normalizer(batch)
+    log_prob = batch.true_logit() - _prepare.log_normalizer(batch)
     return batch.finish(-log_prob + epsilon * _softmax.one_minus_prob(log_prob))
   batch = _prepare.probability_label_batch(logits, labels, axis, where, per_logit=True)
   log_norm = _prepare.log_normalizer(batch)
@@ -215,7 +215,7 @@ def softmax_focal_loss(
   """
   _checks.check_nonnegative(gamma, "gamma")
   batch = _prepare.integer_label_batch(logits, labels, axis, where)
-  log_prob = _softmax.true_class_log_prob(batch.logits, batch.labels)
+  log_prob = _softmax.true_class_log_prob(batch.stored, batch.labels)
   loss = -_softmax.safe_power(_softmax.one_minus_prob(log_prob), gamma) * log_prob
   if alpha is not None:
     alpha = jnp.asarray(alpha)
@@ -250,6 +250,6 @@ def generalized_cross_entropy(
   """
   _checks.check_in_range(q, "q", 0.0, 1.0, low_open=True)
   batch = _prepare.integer_label_batch(logits, labels, axis, where)
-  log_prob = _softmax.true_class_log_prob(batch.logits, batch.labels)
+  log_prob = _softmax.true_class_log_prob(batch.stored, batch.labels)
   # 1 - p^q = -expm1(q log p): exact when p is close to 1.
   return batch.finish(-jnp.expm1(q * log_prob) / q)

@@ -19,10 +19,25 @@ class IntegerLabelBatch(NamedTuple):
   valid: Array | None  # [...] bool, None when all labels are known valid
   where: Array | None  # [...] bool per-example mask, None for all
   keep: Array | None = None  # [..., C] bool per-logit mask (optax's), None for all
+  stored: Array | None = None  # `logits` in the caller's dtype (bfloat16 stays bfloat16)
 
   @property
   def num_classes(self) -> int:
     return self.logits.shape[-1]
+
+  @property
+  def _stored(self) -> Array:
+    return self.logits if self.stored is None else self.stored
+
+  def true_logit(self) -> Array:
+    """z[..., label] in the compute dtype, picked from the stored logits (see
+    lossjax/_softmax.py: on XLA:CPU that keeps bfloat16 logits from being
+    written out in float32)."""
+    return _softmax.take_class(self._stored, self.labels).astype(self.logits.dtype)
+
+  def row_max(self) -> Array:
+    """max_c z[..., c] in the compute dtype, taken over the stored logits (exact)."""
+    return jnp.max(self._stored, axis=-1).astype(self.logits.dtype)
 
   def finish(self, values: Array) -> Array:
     """Per-example values with invalid labels as NaN and masked ones as 0."""
@@ -64,8 +79,8 @@ def integer_label_batch(logits, labels, axis, where, *,
   valid = _checks.label_validity(labels, num_classes, where)
   if valid is not None:
     labels = jnp.where(valid, labels, 0)
-  logits = logits.astype(_checks.compute_dtype(logits.dtype))
-  return IntegerLabelBatch(logits, labels, valid, where, keep)
+  return IntegerLabelBatch(logits.astype(_checks.compute_dtype(logits.dtype)), labels, valid,
+                           where, keep, stored=logits)
 
 
 class ProbabilityLabelBatch(NamedTuple):
@@ -113,7 +128,8 @@ def log_normalizer(batch) -> Array:
   """logsumexp over each example's kept classes (all of them without a
   per-logit mask)."""
   if batch.keep is None:
-    return _softmax.log_normalizer(batch.logits)
+    stored = getattr(batch, "stored", None)  # a probability-label batch has none
+    return _softmax.log_normalizer(batch.logits if stored is None else stored)
   return _softmax.masked_log_normalizer(batch.logits, batch.keep)
 
 
