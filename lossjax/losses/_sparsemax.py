@@ -6,40 +6,52 @@ import jax
 import jax.numpy as jnp
 
 from lossjax import _checks
-from lossjax import _softmax
 from lossjax.losses import _prepare
 
 Array = jax.Array
 
 
-def _support(logits: Array) -> Array:
-  """The classes sparsemax keeps: `[..., C] -> [..., C]` bool.
+def _threshold(logits: Array) -> Array:
+  """The sparsemax threshold tau of each row: `[..., C] -> [..., 1]`.
 
-  Michelot's fixed point: with S the current support, tau = (sum_S z - 1)/|S|
-  and the next support is S ∩ {z > tau}. From any S that holds the answer's
-  support, tau stays at or below the answer's and S only shrinks, so it stops
-  exactly after at most C rounds of one pass each: no sort. It starts from
-  {z > max z - 1}, which holds the support (no probability exceeds 1) and is
-  small for confident rows, so a few rounds suffice. The largest logit
-  always stays, so S is never empty.
+  Michelot's fixed point, from below: with S = {z > t}, the next t is
+  (sum_S z - 1) / |S| = t + (sum_c relu(z_c - t) - 1) / |S|. From t = max z - 1
+  (where S holds the answer's support, as no probability exceeds 1, and the
+  largest logit) t only grows and S only shrinks, so it stops, exactly, once
+  |S| stops changing: at most C rounds, a handful for real rows (5 for
+  Gaussian logits, C = 1000 or 32000), no sort.
+
+  Each round is two reductions of one elementwise chain of the logits each
+  (the excess sum relu(z - t) and the count |S|, as min(relu(z - t) / tiny, 1)):
+  XLA:CPU runs such a chain in one vectorised pass, where a compare or a
+  select (z > t) is first written out as a logits-sized array (a count at
+  (65536, 1000) float32: 115 ms as sum(z > t) against 11 ms as the chain,
+  measured alternately on 2 cores). The count is exact for every z - t above the dtype's smallest
+  normal number; a z within that of t counts partly, and its share of the
+  probability is below that number.
   """
   z = jax.lax.stop_gradient(logits)
+  scale = 1.0 / jnp.finfo(z.dtype).tiny
+  excess = lambda t: jnp.sum(jnp.maximum(z - t, 0.0), axis=-1, keepdims=True)
+  count = lambda t: jnp.sum(jnp.minimum(jnp.maximum(z - t, 0.0) * scale, 1.0), axis=-1,
+                            keepdims=True)
+  step = lambda t, n: t + (excess(t) - 1.0) / n
 
   def round_(state):
-    support, _ = state
-    new = support & (z > _threshold(z, support))
-    return new, jnp.any(new != support)
+    t, n, _, rounds = state
+    new = count(t)
+    # A NaN row never settles; the round limit (Michelot's C) ends it.
+    return step(t, new), new, jnp.any(new != n) & (rounds < z.shape[-1]), rounds + 1
 
-  top = jnp.max(z, axis=-1, keepdims=True)
-  start = (z > top - 1.0) | (z == top)
-  support, _ = jax.lax.while_loop(lambda state: state[1], round_, (start, jnp.array(True)))
-  return support
-
-
-def _threshold(z: Array, support: Array) -> Array:
-  """tau = (sum_S z - 1) / |S| for the support S: `[..., C] -> [..., 1]`."""
-  count = jnp.sum(support, axis=-1, keepdims=True, dtype=z.dtype)
-  return (jnp.sum(jnp.where(support, z, 0.0), axis=-1, keepdims=True) - 1.0) / count
+  start = jnp.max(z, axis=-1, keepdims=True) - 1.0
+  n = count(start)
+  state = (step(start, n), n, jnp.array(True), jnp.array(0))
+  tau, n, _, _ = jax.lax.while_loop(lambda state: state[2], round_, state)
+  # One more step from the fixed point, on the logits themselves: the same
+  # value, and the derivative d tau / dz_c = [c in S] / |S| that gives
+  # sparsemax its Jacobian diag(s) - s s^T / |S|.
+  tau, n = jax.lax.stop_gradient((tau, n))
+  return tau + (jnp.sum(jnp.maximum(logits - tau, 0.0), axis=-1, keepdims=True) - 1.0) / n
 
 
 def sparsemax(logits: Array) -> Array:
@@ -59,9 +71,7 @@ def sparsemax(logits: Array) -> Array:
 
   Reference: Martins & Astudillo, "From Softmax to Sparsemax", ICML 2016.
   """
-  support = _support(logits)
-  # tau from the logits themselves (not stopped): its derivative gives the Jacobian.
-  return jnp.where(support, logits - _threshold(logits, support), 0.0)
+  return jnp.maximum(logits - _threshold(logits), 0.0)
 
 
 def multiclass_sparsemax_loss(scores, labels, *, axis: int = -1, where=None) -> Array:
@@ -87,12 +97,13 @@ def multiclass_sparsemax_loss(scores, labels, *, axis: int = -1, where=None) -> 
   Blondel et al., "Learning with Fenchel-Young Losses", JMLR 2020.
   """
   batch = _prepare.integer_label_batch(scores, labels, axis, where)
-  z = batch.logits
-  p = sparsemax(z)
-  # Shifted by z_y before the products, so that large scores do not cancel.
-  gap = z - _softmax.take_class(z, batch.labels)[..., None]
-  loss = jnp.sum(p * gap, axis=-1) + 0.5 * (1.0 - jnp.sum(jnp.square(p), axis=-1))
-  return batch.finish(loss)
+  # With p = relu(z - tau) summing to 1, sum_c p_c (z_c - z_y) = ||p||^2 + tau - z_y,
+  # so the loss is ||p||^2 / 2 + tau - z_y + 1/2: one pass over the logits
+  # once tau is known. Its gradient is p - onehot(y): tau's terms,
+  # (1 - sum_c p_c) dtau/dz, vanish.
+  tau = _threshold(batch.logits)
+  squares = jnp.sum(jnp.square(jnp.maximum(batch.logits - tau, 0.0)), axis=-1)
+  return batch.finish(0.5 * squares + tau[..., 0] - batch.true_logit() + 0.5)
 
 
 def sparsemax_loss(logits, labels, *, where=None) -> Array:
