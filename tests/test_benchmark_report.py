@@ -160,6 +160,12 @@ def test_each_loss_is_divided_by_the_floor_of_its_kind(tmp_path):
   assert "| `mse` | read | 5.00x | — |" in text
   assert "| `cross_entropy` | 6; 1.50x softmax floor |" in text
   assert text.count(report.FLOOR_NOTE) == 1  # under the summary table
+  # The ratio measured with the floor called alternately in the loss's test wins.
+  run["benchmarks"][3]["extra_info"].update(ratio_to_floor=1.25, floor_ms=4.4)
+  source.write_text(json.dumps(run))
+  text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+  assert "| `cross_entropy` | softmax | 1.25x | 1.50x |" in text
+  assert "| `cross_entropy` | 6; 1.25x softmax floor |" in text
 
 
 def test_steps_table_gives_each_losss_chosen_rate_and_median_with_its_interval(tmp_path):
