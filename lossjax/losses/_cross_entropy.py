@@ -15,6 +15,18 @@ Array = jax.Array
 def _uniform_target_term(batch, log_norm: Array, class_weights: Array | None) -> Array:
   """sum_c w_c (-log p_c) over the kept classes: cross-entropy against a
   uniform target, times the number of classes."""
+  if batch.keep is None:
+    # sum_c w_c (L - z_c) = L sum_c w_c - sum_c w_c z_c: a sum of the logits, which
+    # XLA:CPU reduces in the pass it reads them in, where L - z, formed
+    # elementwise, is first written out (label smoothing forward at (65536,
+    # 1000) float32: 88 -> 27 ms, measured alternately; shifting the logits
+    # by their max or true logit first, both tried, brings the write back).
+    # The two terms cancel to within the logits' offset times float32's
+    # rounding, as L - z_c does: L itself is rounded at the offset's scale.
+    if class_weights is None:
+      return batch.num_classes * log_norm - jnp.sum(batch.logits, axis=-1)
+    weights = _prepare.along_last_axis(class_weights, batch.logits.ndim)
+    return log_norm * jnp.sum(class_weights) - jnp.sum(batch.logits * weights, axis=-1)
   # -log p_c = logsumexp(z) - z_c, summed elementwise so no large terms cancel.
   neg_log_probs = log_norm[..., None] - batch.logits
   if class_weights is not None:
