@@ -84,6 +84,32 @@ def masked_log_normalizer(logits: Array, keep: Array) -> Array:
 
 
 @jax.custom_jvp
+def row_max(values: Array) -> Array:
+  """max over the last axis, `[..., C] -> [...]`, in the dtype of `values`, with
+  jnp.max's derivative (the tangent averaged over the row's maxima).
+
+  The derivative's indicator of the maxima is arithmetic, 1 - min((m - z) /
+  tiny, 1), not jnp.max's compare: XLA:CPU computes it inside the pass that
+  uses it, where the compare's indicator is first written out as a
+  logits-sized array (multiclass perceptron value_and_grad at (65536, 1000)
+  float32: 265 -> 138 ms, measured alternately). It is exact wherever m - z
+  is 0 or at least the smallest normal number (always, as XLA:CPU flushes
+  smaller differences to 0).
+  """
+  return jnp.max(values, axis=-1)
+
+
+@row_max.defjvp
+def _row_max_jvp(primals, tangents):
+  (values,), (d_values,) = primals, tangents
+  top = row_max(values)
+  wide = compute(values)
+  at_top = 1.0 - jnp.minimum((compute(top)[..., None] - wide) / jnp.finfo(wide.dtype).tiny, 1.0)
+  share = jnp.sum(at_top * compute(d_values), axis=-1) / jnp.sum(at_top, axis=-1)
+  return top, share.astype(top.dtype)
+
+
+@jax.custom_jvp
 def take_class(values: Array, labels: Array) -> Array:
   """values[..., labels]: `[..., C], [...] -> [...]`, labels in `[0, C)`, in
   the dtype of `values`.

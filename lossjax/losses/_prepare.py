@@ -37,7 +37,7 @@ class IntegerLabelBatch(NamedTuple):
 
   def row_max(self) -> Array:
     """max_c z[..., c] in the compute dtype, taken over the stored logits (exact)."""
-    return jnp.max(self._stored, axis=-1).astype(self.logits.dtype)
+    return _softmax.row_max(self._stored).astype(self.logits.dtype)
 
   def finish(self, values: Array) -> Array:
     """Per-example values with invalid labels as NaN and masked ones as 0."""
