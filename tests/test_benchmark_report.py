@@ -28,6 +28,11 @@ def test_report_pairs_lossjax_with_optax_and_reports_ratios(tmp_path):
   text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
   assert "TestCPU" in text
   assert "| `cross_entropy` | 2 / 4 (2.00x); 8.0 GB/s (40%) |" in text
+  assert "fresh memory on every call" not in text  # the run did not fix malloc's threshold
+  run["benchmarks"][0]["extra_info"]["malloc_mmap_threshold"] = 2**20
+  source.write_text(json.dumps(run))
+  text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
+  assert "- every buffer of 1 MiB or more is fresh memory on every call" in text
   # The interleaved measurement, when the run has it, is the one shown.
   run["benchmarks"][-1]["extra_info"].update(interleaved_ms=2.5, optax_interleaved_ms=5.0,
                                              ratio_to_optax=2.0, bytes_touched=20_000_000)

@@ -1,5 +1,6 @@
 """Shared benchmark helpers: sizes by grid, machine facts, JAX-correct timing."""
 
+import ctypes
 import os
 import resource
 import time
@@ -79,6 +80,26 @@ def affordable_rounds(compiled, args, rounds: int, budget_s: float) -> int:
   jax.block_until_ready(compiled(*args))
   seconds = time.perf_counter() - start
   return int(min(rounds, max(2, budget_s // max(seconds, 1e-9))))
+
+
+# Timed runs have glibc's malloc map every buffer of at least this size
+# afresh (mallopt's M_MMAP_THRESHOLD; its default moves between 128 KiB and
+# 32 MiB with what the process freed): a call's large buffers are then fresh
+# pages every time, page faults included, as a 65536x1000 gradient always is,
+# instead of fresh or reused by the allocator's state, which put one
+# 256x32000 float32 gradient write at 1.1 ms in one test and ~8 ms in the next.
+FRESH_PAGES_FROM_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3
+
+
+def fresh_pages_for_large_buffers() -> int | None:
+  """Sets malloc's mmap threshold to FRESH_PAGES_FROM_BYTES; the threshold,
+  or None where the C library has no mallopt (not glibc)."""
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return None
+  return FRESH_PAGES_FROM_BYTES if mallopt(_M_MMAP_THRESHOLD, FRESH_PAGES_FROM_BYTES) else None
 
 
 def loss_program(fn, mode: str):

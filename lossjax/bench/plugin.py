@@ -97,7 +97,9 @@ def pytest_configure(config):
     # As `lossjax train` does: one CPU device per core, so that the engine
     # splits its runs over all cores (before anything starts JAX).
     from lossjax import train
+    from lossjax.bench import _timing
     train.use_cpu_cores()
+    config._lossjax_mmap_threshold = _timing.fresh_pages_for_large_buffers()
     _choose_outputs(config)
   else:
     config.option.benchmark_disable = True

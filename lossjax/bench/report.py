@@ -71,13 +71,13 @@ OPTAX_FAILS_NOTE = ("¶: optax's program for this case does not build (its "
                     "JVP returns a bfloat16 tangent for a float32 output); lossjax is timed alone.")
 FAULT_NOTE = ("‡: the median call of one of the two faulted in fresh memory pages from the OS "
               "and the other's did not (minor page faults per call, lossjax / optax; a 4 KiB "
-              "page each, ~1 µs each on the 2-core CPU). glibc's malloc maps every buffer "
-              "above 32 MiB afresh, so there the faults belong to the program: optax's "
-              "forward at 65536x1000 is one fused kernel with a logits-sized scratch buffer, "
-              "262 MB and 64,002 faults a call, where lossjax's needs none. A smaller buffer "
-              "comes fresh or reused depending on the allocator's state, so there the cell's "
-              "ratio measures the allocator as much as the loss: a fresh 256x32000 float32 "
-              "gradient, 8,001 faults, added ~8 ms to a ~5 ms call.")
+              "page each, ~1 µs each on the 2-core CPU). Where the run fixed malloc's mmap "
+              "threshold (see above) every large buffer is fresh on every call, so the faults "
+              "belong to the program: optax's forward at 65536x1000 is one fused kernel with a "
+              "logits-sized scratch buffer, 262 MB and 64,002 faults a call, where lossjax's "
+              "needs none. Without it (older runs), a buffer below 32 MiB came fresh or reused "
+              "by the allocator's state, and there the cell's ratio measured the allocator as "
+              "much as the loss.")
 
 
 def _floors(benchmarks) -> tuple[dict, dict]:
@@ -389,6 +389,12 @@ def render(run: dict, sources: list[pathlib.Path]) -> str:
       lines.append(f"- `2 * z` into a fresh output, z float32 {fresh['batch']}x{fresh['classes']}: "
                    f"{fresh['milliseconds']:.3g} ms ({fresh['gb_per_s']:.1f} GB/s read + written), "
                    "the floor of any `value_and_grad` at that shape: its gradient is such an output")
+    threshold = next((b["extra_info"].get("malloc_mmap_threshold") for b in benchmarks
+                      if b["extra_info"].get("measure") == "stream_read"), None)
+    if threshold:
+      lines.append(f"- every buffer of {threshold / 2**20:g} MiB or more is fresh memory on every "
+                   "call (glibc's mmap threshold, set by the plugin), page faults included: a "
+                   "cell does not depend on what the allocator had left over")
     for floor in (b["extra_info"] for b in benchmarks
                   if b["extra_info"].get("measure") == "exp_sum_floor"):
       lines.append(f"- row max, `exp(z - max)` and row sums alone (the arithmetic of every softmax "

@@ -147,7 +147,7 @@ def _bytes_touched(logits, labels, mode) -> int:
   return read if mode == "forward" else read + 2 * logits.nbytes
 
 
-def test_stream_read_bandwidth(benchmark, timed, session_cache):
+def test_stream_read_bandwidth(benchmark, timed, session_cache, request):
   """The machine's streaming-read rate: a sum over a 256 MiB float32 array."""
   size = 64 * 2**20 if timed else 2**20
   skip_if_too_big(4 * size * 2)
@@ -158,7 +158,9 @@ def test_stream_read_bandwidth(benchmark, timed, session_cache):
   rate = data.nbytes / median_seconds(benchmark) / 1e9
   session_cache["stream_gb_per_s"] = rate
   benchmark.extra_info.update({"measure": "stream_read", "bytes": data.nbytes,
-                               "gb_per_s": rate, **device_facts()})
+                               "gb_per_s": rate, **device_facts(),
+                               "malloc_mmap_threshold": getattr(
+                                   request.config, "_lossjax_mmap_threshold", None)})
 
 
 def test_fresh_output_write(benchmark, timed, request):
@@ -315,7 +317,8 @@ def _floor_ratio(compiled, logits, labels, name, mode, rounds: int = 5) -> dict:
   floor (and, for value_and_grad, the fresh gradient write) called
   alternately in this test: a floor timed in a test of its own, minutes
   earlier, sees another machine (one run measured the write at 396 ms, others
-  at ~70 ms) and its ratio would measure the drift."""
+  at ~70 ms) and its ratio would measure the drift. Both write their large
+  buffers to fresh pages (see `_timing.FRESH_PAGES_FROM_BYTES`)."""
   kind = floor_kind(name)
   key = (kind, mode, logits.shape, str(logits.dtype))
   if key not in _FLOOR_PROGRAMS:
@@ -327,12 +330,14 @@ def _floor_ratio(compiled, logits, labels, name, mode, rounds: int = 5) -> dict:
       programs["write"] = jax.jit(write).lower(logits, labels).compile()
     _FLOOR_PROGRAMS[key] = programs
   programs = _FLOOR_PROGRAMS[key]
+  faults = {}
   medians = interleaved_medians({"loss": compiled, **programs}, (logits, labels),
-                                rounds=rounds, warmup=1)
+                                rounds=rounds, warmup=1, faults=faults)
   forward = {k[len("floor_"):]: v for k, v in medians.items() if k.startswith("floor_")}
   fastest = min(forward, key=forward.get)
   floor = forward[fastest] + medians.get("write", 0.0)
   return {"floor_formulation": fastest, "floor_ms": forward[fastest] * 1e3,
           "gradient_write_ms": medians["write"] * 1e3 if "write" in medians else None,
           "floor_interleaved_ms": medians["loss"] * 1e3,
+          "floor_page_faults_per_call": faults,
           "ratio_to_floor": medians["loss"] / floor}
