@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from lossjax import _checks
+from lossjax import _softmax
 from lossjax.losses import _prepare
 
 Array = jax.Array
@@ -32,9 +33,9 @@ def _threshold(logits: Array) -> Array:
   """
   z = jax.lax.stop_gradient(logits)
   scale = 1.0 / jnp.finfo(z.dtype).tiny
-  excess = lambda t: jnp.sum(jnp.maximum(z - t, 0.0), axis=-1, keepdims=True)
-  count = lambda t: jnp.sum(jnp.minimum(jnp.maximum(z - t, 0.0) * scale, 1.0), axis=-1,
-                            keepdims=True)
+  excess = lambda t: _softmax.apart(jnp.sum(jnp.maximum(z - t, 0.0), axis=-1, keepdims=True))
+  count = lambda t: _softmax.apart(jnp.sum(
+      jnp.minimum(jnp.maximum(z - t, 0.0) * scale, 1.0), axis=-1, keepdims=True))
   step = lambda t, n: t + (excess(t) - 1.0) / n
 
   def round_(state):
@@ -51,7 +52,8 @@ def _threshold(logits: Array) -> Array:
   # value, and the derivative d tau / dz_c = [c in S] / |S| that gives
   # sparsemax its Jacobian diag(s) - s s^T / |S|.
   tau, n = jax.lax.stop_gradient((tau, n))
-  return tau + (jnp.sum(jnp.maximum(logits - tau, 0.0), axis=-1, keepdims=True) - 1.0) / n
+  return tau + (_softmax.apart(jnp.sum(jnp.maximum(logits - tau, 0.0), axis=-1, keepdims=True))
+                - 1.0) / n
 
 
 def sparsemax(logits: Array) -> Array:
@@ -102,7 +104,7 @@ def multiclass_sparsemax_loss(scores, labels, *, axis: int = -1, where=None) -> 
   # once tau is known. Its gradient is p - onehot(y): tau's terms,
   # (1 - sum_c p_c) dtau/dz, vanish.
   tau = _threshold(batch.logits)
-  squares = jnp.sum(jnp.square(jnp.maximum(batch.logits - tau, 0.0)), axis=-1)
+  squares = _softmax.apart(jnp.sum(jnp.square(jnp.maximum(batch.logits - tau, 0.0)), axis=-1))
   return batch.finish(0.5 * squares + tau[..., 0] - batch.true_logit() + 0.5)
 
 
