@@ -120,7 +120,7 @@ def floor_ratio(median, info, floors) -> float | None:
 
 FLOOR_NOTE = ("÷ floor: lossjax's time over the least arithmetic its formula needs at that "
               "shape and dtype, the loss and its floor called alternately in the loss's own test "
-              "(the floors' own tests, `test_loss_floor`, give the times above): a read of the "
+              "(each floor is also timed alone, `test_loss_floor`, in the JSON): a read of the "
               "logits and "
               "labels for losses without transcendental functions (`read`; `binary_read` for "
               "the binary ones, whose labels are as many as their logits), the row max, exponentials and row "
