@@ -240,6 +240,16 @@ def test_sparsemax_is_the_simplex_projection(rng):
   np.testing.assert_allclose(grad, p - jax.nn.one_hot(labels, 9), atol=1e-5)
 
 
+def test_sparsemax_rows_with_a_nan_give_nan_and_leave_the_others_exact(rng):
+  z = rng.normal(size=(8, 2000)).astype(np.float32) * 2
+  labels = jnp.asarray(rng.integers(0, 2000, size=8))
+  clean = np.asarray(lossjax.multiclass_sparsemax_loss(z, labels))
+  z[3, 17] = np.nan  # that row's count is NaN: it must not hold the others' rounds open
+  got = np.asarray(jax.jit(lossjax.multiclass_sparsemax_loss)(z, labels))
+  assert np.isnan(got[3])
+  np.testing.assert_allclose(np.delete(got, 3), np.delete(clean, 3), rtol=1e-6)
+
+
 def test_no_classes_left_gives_zero_as_optax():
   # optax's masking tests slice a random mask's logits: the slice can be empty.
   empty = jnp.zeros((0,), jnp.float32)
