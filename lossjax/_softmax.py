@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from lossjax import _checks
+
 Array = jax.Array
 
 
@@ -41,7 +43,7 @@ def _row_sums_materialized(sums: Array) -> Array:
 
 def compute(values: Array) -> Array:
   """`values` in the dtype losses compute in: float32 for narrower floats."""
-  return values if values.dtype.itemsize >= 4 else values.astype(jnp.float32)
+  return values.astype(_checks.compute_dtype(values.dtype))
 
 
 def apart(row_values: Array) -> Array:

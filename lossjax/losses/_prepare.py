@@ -25,19 +25,15 @@ class IntegerLabelBatch(NamedTuple):
   def num_classes(self) -> int:
     return self.logits.shape[-1]
 
-  @property
-  def _stored(self) -> Array:
-    return self.logits if self.stored is None else self.stored
-
   def true_logit(self) -> Array:
     """z[..., label] in the compute dtype, picked from the stored logits (see
     lossjax/_softmax.py: on XLA:CPU that keeps bfloat16 logits from being
     written out in float32)."""
-    return _softmax.take_class(self._stored, self.labels).astype(self.logits.dtype)
+    return _softmax.take_class(self.stored, self.labels).astype(self.logits.dtype)
 
   def row_max(self) -> Array:
     """max_c z[..., c] in the compute dtype, taken over the stored logits (exact)."""
-    return _softmax.row_max(self._stored).astype(self.logits.dtype)
+    return _softmax.row_max(self.stored).astype(self.logits.dtype)
 
   def finish(self, values: Array) -> Array:
     """Per-example values with invalid labels as NaN and masked ones as 0."""
