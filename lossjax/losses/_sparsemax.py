@@ -33,10 +33,11 @@ def _threshold(logits: Array) -> Array:
   """
   z = jax.lax.stop_gradient(logits)
   scale = 1.0 / jnp.finfo(z.dtype).tiny
-  excess = lambda t: _softmax.apart(jnp.sum(jnp.maximum(z - t, 0.0), axis=-1, keepdims=True))
+  excess = lambda values, t: _softmax.apart(
+      jnp.sum(jnp.maximum(values - t, 0.0), axis=-1, keepdims=True))
   count = lambda t: _softmax.apart(jnp.sum(
       jnp.minimum(jnp.maximum(z - t, 0.0) * scale, 1.0), axis=-1, keepdims=True))
-  step = lambda t, n: t + (excess(t) - 1.0) / n
+  step = lambda values, t, n: t + (excess(values, t) - 1.0) / n
 
   def round_(state):
     t, n, _, rounds = state
@@ -44,18 +45,17 @@ def _threshold(logits: Array) -> Array:
     # A row with a NaN counts NaN, which never equals itself: it is left out of
     # the test (it would keep every row going to the round limit, C rounds).
     changed = jnp.any((new != n) & (new == new))
-    return step(t, new), new, changed & (rounds < z.shape[-1]), rounds + 1
+    return step(z, t, new), new, changed & (rounds < z.shape[-1]), rounds + 1
 
   start = jnp.max(z, axis=-1, keepdims=True) - 1.0
   n = count(start)
-  state = (step(start, n), n, jnp.array(True), jnp.array(0))
+  state = (step(z, start, n), n, jnp.array(True), jnp.array(0))
   tau, n, _, _ = jax.lax.while_loop(lambda state: state[2], round_, state)
   # One more step from the fixed point, on the logits themselves: the same
   # value, and the derivative d tau / dz_c = [c in S] / |S| that gives
   # sparsemax its Jacobian diag(s) - s s^T / |S|.
   tau, n = jax.lax.stop_gradient((tau, n))
-  return tau + (_softmax.apart(jnp.sum(jnp.maximum(logits - tau, 0.0), axis=-1, keepdims=True))
-                - 1.0) / n
+  return step(logits, tau, n)
 
 
 def sparsemax(logits: Array) -> Array:
