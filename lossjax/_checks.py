@@ -191,15 +191,21 @@ def label_validity(labels: Array, num_classes: int, where: Array | None,
           f"{_invalid_label_summary(labels_np, invalid)}.")
     return None
   valid = (labels >= 0) & (labels < num_classes)
+  record_check(valid, where, labels,
+               f"`{name}` must be integers in [0, num_classes={num_classes})")
+  return valid
+
+
+def record_check(valid: Array, where: Array | None, values: Array,
+                 message: str) -> None:
+  """Inside ``label_checks()``, records a checkify check that `valid` holds
+  wherever `where` does, its error naming the first offending of `values`."""
   if not _LABEL_CHECKS.get():
-    return valid
+    return
   considered = valid if where is None else valid | ~where
   checkify.check(
-      jnp.all(considered),
-      f"`{name}` must be integers in [0, num_classes={num_classes}); "
-      "first offending value: {value}",
-      value=jnp.where(considered, 0, labels).ravel()[jnp.argmin(considered.ravel())])
-  return valid
+      jnp.all(considered), message + "; first offending value: {value}",
+      value=jnp.where(considered, 0, values).ravel()[jnp.argmin(considered.ravel())])
 
 
 def check_count(value, name: str, minimum: int) -> int:

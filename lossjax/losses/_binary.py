@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -13,6 +15,7 @@ Array = jax.Array
 
 
 def _binary_batch(logits, labels, where):
+  """The checked logits (as given), labels (as given) and mask."""
   logits = _checks.floating_array(logits, "logits")
   labels = jnp.asarray(labels)
   _checks.check_shape(labels, logits.shape, "labels", "one label per logit")
@@ -20,11 +23,44 @@ def _binary_batch(logits, labels, where):
           or jnp.issubdtype(labels.dtype, jnp.integer)
           or labels.dtype == jnp.bool_):
     raise TypeError(f"`labels` must be numbers in [0, 1], got dtype {labels.dtype}.")
+  where = _checks.example_mask(where, logits.shape)
   if not _checks.is_traced(labels):
     _checks.check_in_range(labels, "labels", 0.0, 1.0)
-  where = _checks.example_mask(where, logits.shape)
-  dtype = _checks.compute_dtype(logits.dtype)
-  return logits.astype(dtype), labels.astype(dtype), where
+  elif not jnp.issubdtype(labels.dtype, jnp.floating):
+    _checks.record_check((labels == 0) | (labels == 1), where, labels,
+                         "`labels` must be 0 or 1")
+  return logits, labels, where
+
+
+def label_values(labels: Array, dtype) -> Array:
+  """The labels as `dtype` numbers; integer and boolean ones through uint8.
+
+  XLA:CPU's YNNPACK reductions (the mean over a loss) read no int32 or bool
+  input, so their convert to float is written out beside the reduction, a
+  float32 buffer as large as the logits; through uint8 the buffer written is
+  a quarter of that. A traced integer label other than 0 and 1 (which no
+  check can see at trace time, unless ``label_checks()`` is on) reads as 2.
+  """
+  if jnp.issubdtype(labels.dtype, jnp.floating):
+    return labels.astype(dtype)
+  if labels.dtype != jnp.bool_:
+    labels = jnp.where((labels == 0) | (labels == 1), labels, 2)
+  return labels.astype(jnp.uint8).astype(dtype)
+
+
+def separate(values: tuple, constants: tuple, dtype) -> tuple:
+  """`values`, and `constants` as `dtype` scalars, behind an optimization
+  barrier: the inputs of a derivative's own arithmetic.
+
+  XLA merges equal subexpressions of a loss and its derivative (a negated
+  logit, a converted label, a broadcast constant) and then writes each shared
+  one out as a logits-sized array, since XLA:CPU's YNNPACK reduction of the
+  loss shares nothing with the derivative's loop. Arithmetic on values and
+  constants from behind a barrier is never equal to the loss's. The barrier
+  itself costs nothing at run time.
+  """
+  return jax.lax.optimization_barrier(
+      (values, tuple(jnp.asarray(c, dtype) for c in constants)))
 
 
 def _masked(values: Array, where) -> Array:
@@ -56,14 +92,39 @@ def sigmoid_binary_cross_entropy(logits, labels, *, pos_weight=None,
     Array([0.693...], dtype=float32)
   """
   logits, labels, where = _binary_batch(logits, labels, where)
+  if pos_weight is None:
+    return _masked(_cross_entropy(logits, labels), where)
+  _checks.check_nonnegative(pos_weight, "pos_weight")
+  dtype = _checks.compute_dtype(logits.dtype)
+  logits, labels = logits.astype(dtype), label_values(labels, dtype)
   # log p and log(1 - p) = log sigmoid(-z), both from one exp and one log1p,
   # exact in relative terms (no 1 - p cancellation).
   log_p, log_not_p = _sigmoid.log_sigmoids(logits)
-  positive = labels * log_p
-  if pos_weight is not None:
-    _checks.check_nonnegative(pos_weight, "pos_weight")
-    positive = pos_weight * positive
-  return _masked(-positive - (1.0 - labels) * log_not_p, where)
+  return _masked(-pos_weight * labels * log_p - (1.0 - labels) * log_not_p, where)
+
+
+@jax.custom_jvp
+def _cross_entropy(logits: Array, labels: Array) -> Array:
+  # -y log p - (1 - y) log(1 - p) = y relu(-z) + (1 - y) relu(z) + log1p(e^-|z|):
+  # three terms >= 0 for y in [0, 1], so exact in relative terms, and one
+  # chain of arithmetic, which XLA:CPU reduces in one read of the logits.
+  dtype = _checks.compute_dtype(logits.dtype)
+  z, y = logits.astype(dtype), label_values(labels, dtype)
+  return ((1.0 - y) * jnp.maximum(z, 0.0) + y * jnp.maximum(-z, 0.0)
+          + jnp.log1p(jnp.exp(-jnp.abs(z))))
+
+
+@_cross_entropy.defjvp
+def _cross_entropy_jvp(primals, tangents):
+  (logits, labels), (logits_dot, labels_dot) = primals, tangents
+  dtype = _checks.compute_dtype(logits.dtype)
+  (z, y), (one,) = separate((logits, labels), (1,), dtype)
+  z, y = z.astype(dtype), label_values(y, dtype)
+  # d/dz = sigmoid(z) - y, d/dy = log(1 - p) - log p = -z.
+  tangent = (one / (one + jnp.exp(-z)) - y) * logits_dot.astype(dtype)
+  if jnp.issubdtype(labels.dtype, jnp.floating):
+    tangent = tangent - z * labels_dot.astype(dtype)
+  return _cross_entropy(logits, labels), tangent
 
 
 def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0,
@@ -91,6 +152,12 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0,
   if alpha is not None:
     _checks.check_in_range(alpha, "alpha", 0.0, 1.0)
   logits, labels, where = _binary_batch(logits, labels, where)
+  dtype = _checks.compute_dtype(logits.dtype)
+  if not jnp.issubdtype(labels.dtype, jnp.floating):
+    weight = jnp.asarray(0.5 if alpha is None else alpha, dtype)
+    return _masked(_hard_focal(logits, labels, weight, jnp.asarray(gamma, dtype),
+                               alpha is not None), where)
+  logits, labels = logits.astype(dtype), label_values(labels, dtype)
   log_p, log_not_p = _sigmoid.log_sigmoids(logits)
   cross_entropy = -labels * log_p - (1.0 - labels) * log_not_p
   # 1 - p_t = y (1 - p) + (1 - y) p, each from its exact log-probability.
@@ -99,6 +166,50 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0,
   if alpha is not None:
     loss = (alpha * labels + (1.0 - alpha) * (1.0 - labels)) * loss
   return _masked(loss, where)
+
+
+def _hard_focal_terms(logits, labels, alpha, gamma, weighted, zero=0.0, one=1.0):
+  """Hard labels: with w = (2y - 1) z, -log p_t = softplus(-w) and
+  1 - p_t = sigmoid(-w), so (1 - p_t)^gamma = exp(-gamma softplus(w)): one
+  more exp beside the cross-entropy's, exact in relative terms, one chain of
+  arithmetic (no select). Returns 2y - 1, w, the cross-entropy, the
+  modulating factor, softplus(w) and alpha_t (None unless `weighted`)."""
+  dtype = alpha.dtype
+  z, y = logits.astype(dtype), label_values(labels, dtype)
+  sign = (one + one) * y - one
+  w = sign * z
+  shared = jnp.log1p(jnp.exp(-jnp.abs(z)))
+  softplus_w = jnp.maximum(w, zero) + shared
+  cross_entropy = jnp.maximum(-w, zero) + shared
+  modulator = jnp.exp(-gamma * softplus_w)
+  alpha_t = alpha * y + (one - alpha) * (one - y) if weighted else None
+  return sign, w, cross_entropy, modulator, softplus_w, alpha_t
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _hard_focal(logits, labels, alpha, gamma, weighted):
+  _, _, cross_entropy, modulator, _, alpha_t = _hard_focal_terms(
+      logits, labels, alpha, gamma, weighted)
+  loss = cross_entropy * modulator
+  return loss if alpha_t is None else alpha_t * loss
+
+
+@_hard_focal.defjvp
+def _hard_focal_jvp(weighted, primals, tangents):
+  logits, labels, alpha, gamma = primals
+  logits_dot, _, alpha_dot, gamma_dot = tangents
+  (z, y, alpha_, gamma_), (zero, one) = separate(primals, (0, 1), alpha.dtype)
+  sign, w, cross_entropy, modulator, softplus_w, alpha_t = _hard_focal_terms(
+      z, y, alpha_, gamma_, weighted, zero, one)
+  # With q = sigmoid(-w): d softplus(-w)/dw = -q, d exp(-gamma softplus(w))/dw
+  # = -gamma sigmoid(w) exp(...), so dl/dw = -m (q + gamma ce sigmoid(w)).
+  q, p = one / (one + jnp.exp(w)), one / (one + jnp.exp(-w))
+  d_w = -modulator * (q + gamma_ * cross_entropy * p)
+  tangent = sign * d_w * logits_dot.astype(alpha.dtype) \
+      - cross_entropy * modulator * softplus_w * gamma_dot
+  if alpha_t is not None:
+    tangent = alpha_t * tangent + sign * cross_entropy * modulator * alpha_dot
+  return _hard_focal(logits, labels, alpha, gamma, weighted), tangent
 
 
 def sigmoid_squared_error(logits, labels, *, where=None) -> Array:
@@ -118,4 +229,25 @@ def sigmoid_squared_error(logits, labels, *, where=None) -> Array:
     ``[...]`` elementwise losses.
   """
   logits, labels, where = _binary_batch(logits, labels, where)
-  return _masked(jnp.square(jax.nn.sigmoid(logits) - labels), where)
+  return _masked(_squared_error(logits, labels), where)
+
+
+@jax.custom_jvp
+def _squared_error(logits: Array, labels: Array) -> Array:
+  dtype = _checks.compute_dtype(logits.dtype)
+  return jnp.square(jax.nn.sigmoid(logits.astype(dtype)) - label_values(labels, dtype))
+
+
+@_squared_error.defjvp
+def _squared_error_jvp(primals, tangents):
+  (logits, labels), (logits_dot, labels_dot) = primals, tangents
+  dtype = _checks.compute_dtype(logits.dtype)
+  (z, y), (one,) = separate((logits, labels), (1,), dtype)
+  z, y = z.astype(dtype), label_values(y, dtype)
+  # d sigmoid(z)/dz = sigmoid(z) sigmoid(-z) = e / (1 + e)^2, e = exp(-|z|).
+  error = one / (one + jnp.exp(-z)) - y
+  e = jnp.exp(-jnp.abs(z))
+  tangent = (one + one) * error * (e / jnp.square(one + e)) * logits_dot.astype(dtype)
+  if jnp.issubdtype(labels.dtype, jnp.floating):
+    tangent = tangent - (one + one) * error * labels_dot.astype(dtype)
+  return _squared_error(logits, labels), tangent

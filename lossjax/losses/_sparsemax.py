@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from lossjax import _checks
 from lossjax import _softmax
+from lossjax.losses import _binary
 from lossjax.losses import _prepare
 
 Array = jax.Array
@@ -137,7 +138,33 @@ def sparsemax_loss(logits, labels, *, where=None) -> Array:
   _checks.check_shape(labels, logits.shape, "labels", "one label per logit")
   _checks.check_values_in(labels, (0, 1), "labels")
   where = _checks.example_mask(where, logits.shape)
-  z = logits.astype(_checks.compute_dtype(logits.dtype))
-  x = jnp.where(labels.astype(bool), -z, z)
-  loss = jnp.where(x <= -1.0, 0.0, jnp.where(x >= 1.0, x, jnp.square(x + 1.0) / 4.0))
+  loss = _binary_sparsemax(logits, labels)
   return loss if where is None else jnp.where(where, loss, 0.0)
+
+
+def _sparseplus_terms(logits, labels, zero=0.0, one=1.0):
+  """x = (1 - 2y) z, relu(x + 1) and relu(x - 1): sparseplus(x) is
+  (relu(x + 1) - relu(x - 1))^2 / 4 + relu(x - 1), its derivative half the
+  difference, one chain of arithmetic without a select (which XLA:CPU writes
+  out before its reduction) or a clamp (which it cannot fuse into one)."""
+  dtype = _checks.compute_dtype(logits.dtype)
+  sign = one - (one + one) * _binary.label_values(labels, dtype)
+  x = sign * logits.astype(dtype)
+  return sign, jnp.maximum(x + one, zero), jnp.maximum(x - one, zero)
+
+
+@jax.custom_jvp
+def _binary_sparsemax(logits: Array, labels: Array) -> Array:
+  _, from_below, above = _sparseplus_terms(logits, labels)
+  return 0.25 * jnp.square(from_below - above) + above
+
+
+@_binary_sparsemax.defjvp
+def _binary_sparsemax_jvp(primals, tangents):
+  # The labels are 0 or 1: no derivative in them (as optax's).
+  (logits, labels), (logits_dot, _) = primals, tangents
+  dtype = _checks.compute_dtype(logits.dtype)
+  (z, y), (zero, half, one) = _binary.separate((logits, labels), (0, 0.5, 1), dtype)
+  sign, from_below, above = _sparseplus_terms(z, y, zero, one)
+  tangent = sign * half * (from_below - above) * logits_dot.astype(dtype)
+  return _binary_sparsemax(logits, labels), tangent
