@@ -178,17 +178,18 @@ def _hard_focal_terms(logits, labels, alpha, gamma, weighted, zero=0.0, one=1.0)
   z, y = logits.astype(dtype), label_values(labels, dtype)
   sign = (one + one) * y - one
   w = sign * z
-  shared = jnp.log1p(jnp.exp(-jnp.abs(z)))
+  exp_abs = jnp.exp(-jnp.abs(z))
+  shared = jnp.log1p(exp_abs)
   softplus_w = jnp.maximum(w, zero) + shared
   cross_entropy = jnp.maximum(-w, zero) + shared
   modulator = jnp.exp(-gamma * softplus_w)
   alpha_t = alpha * y + (one - alpha) * (one - y) if weighted else None
-  return sign, w, cross_entropy, modulator, softplus_w, alpha_t
+  return sign, w, cross_entropy, modulator, softplus_w, alpha_t, exp_abs
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
 def _hard_focal(logits, labels, alpha, gamma, weighted):
-  _, _, cross_entropy, modulator, _, alpha_t = _hard_focal_terms(
+  _, _, cross_entropy, modulator, _, alpha_t, _ = _hard_focal_terms(
       logits, labels, alpha, gamma, weighted)
   loss = cross_entropy * modulator
   return loss if alpha_t is None else alpha_t * loss
@@ -199,11 +200,17 @@ def _hard_focal_jvp(weighted, primals, tangents):
   logits, labels, alpha, gamma = primals
   logits_dot, _, alpha_dot, gamma_dot = tangents
   (z, y, alpha_, gamma_), (zero, one) = separate(primals, (0, 1), alpha.dtype)
-  sign, w, cross_entropy, modulator, softplus_w, alpha_t = _hard_focal_terms(
+  sign, w, cross_entropy, modulator, softplus_w, alpha_t, exp_abs = _hard_focal_terms(
       z, y, alpha_, gamma_, weighted, zero, one)
   # With q = sigmoid(-w): d softplus(-w)/dw = -q, d exp(-gamma softplus(w))/dw
   # = -gamma sigmoid(w) exp(...), so dl/dw = -m (q + gamma ce sigmoid(w)).
-  q, p = one / (one + jnp.exp(w)), one / (one + jnp.exp(-w))
+  # Both sigmoids from one exp (on top of the terms' own two): with
+  # E = exp(-w), (1 + exp(-|w|)) q = exp(-max(w, 0)) = min(1, E) and
+  # (1 + exp(-|w|)) p = min(1, 1 / E), exact at E = 0 and E = inf too.
+  exp_minus_w = jnp.exp(-w)
+  inverse = one / (one + exp_abs)
+  q = jnp.minimum(one, exp_minus_w) * inverse
+  p = jnp.minimum(one, one / exp_minus_w) * inverse
   d_w = -modulator * (q + gamma_ * cross_entropy * p)
   tangent = sign * d_w * logits_dot.astype(alpha.dtype) \
       - cross_entropy * modulator * softplus_w * gamma_dot
