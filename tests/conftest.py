@@ -1,8 +1,11 @@
 """Test-session settings: strict JAX promotion, so that a (B,) vs (B, 1) slip
-fails loudly; hypothesis's profile; XLA's quick compilation; and the quick
-study that several tests read."""
+fails loudly; hypothesis's profile; XLA's quick compilation, into one
+compilation cache for the session; and the quick study that several tests
+read."""
 
 import os
+import shutil
+import tempfile
 
 import hypothesis
 import jax
@@ -37,6 +40,31 @@ def pytest_configure(config):
     # instead of every worker spinning up a thread per core.
     extra.append("--xla_cpu_multi_thread_eigen=false")
   cli.cheap_compilation(*extra)
+  _session_compilation_cache(config)
+
+
+def _session_compilation_cache(config) -> None:
+  # Every process of the session (xdist's workers, the subprocesses that tests
+  # start, the notebook's kernel) compiles into one persistent cache, made
+  # afresh for the session and removed after it: a program that several of
+  # them build (the quick study's Trainers, the engine's reference runs) is
+  # compiled once. It also keeps the study's own cache (`lossjax study` turns
+  # one on, in ~/.cache/lossjax unless one is set) out of the user's home.
+  # The workers and subprocesses find the folder in the environment.
+  folder = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+  if not folder:
+    folder = tempfile.mkdtemp(prefix="lossjax-tests-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+  # As the study's cache: every program, however small or quick to compile.
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+  # This process imported JAX before reading the environment.
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                    int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
 
 def _scheduled_by_file(config) -> None:
