@@ -68,7 +68,7 @@ def pedantic(benchmark, compiled, args, *, timed: bool, rounds: int = 5, warmup:
     return benchmark(run)
   if warmup:
     run()  # untimed: first-call costs (allocation, thread start) stay out
-  return benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1 if warmup else 0)
+  return benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
 
 
 def affordable_rounds(compiled, args, rounds: int, budget_s: float) -> int:
