@@ -157,6 +157,72 @@ def _take_class_jvp(primals, tangents):
   return take_class(values, labels), jnp.sum(jnp.where(hit, d_values, 0), axis=-1)
 
 
+# The rival max's blocks: the widest class count per block in this range
+# that divides the classes (a narrower block makes the block maxima a larger
+# array to write, a wider one the true class's block).
+_RIVAL_BLOCKS = range(64, 15, -1)
+
+
+def _rival_block(classes: int) -> int | None:
+  """Classes per block for `rival_max`, or None where none divides them."""
+  if classes <= _RIVAL_BLOCKS.start:
+    return classes
+  return next((k for k in _RIVAL_BLOCKS if classes % k == 0), None)
+
+
+@jax.custom_jvp
+def rival_max(values: Array, labels: Array) -> Array:
+  """max over the last axis with class `labels` left out, `[..., C], [...] ->
+  [...]`, labels in `[0, C)`, in the dtype of `values` (-inf where C = 1).
+
+  A select that leaves the class out (`where(class == label, -inf, z)`) is
+  written out as a logits-sized array before XLA:CPU's max reads it. Here the
+  classes are cut into blocks of k (a divisor of C): the block maxima are a
+  max over the stored logits (one fast pass, writing C/k values a row), and
+  only the true class's own block of k logits is picked and searched with the
+  class left out; the rival is the larger of that and the other blocks'
+  maxima. Where no k in 16..64 divides C (C > 64), the select is used.
+
+  The derivative is jnp.max's (the tangent averaged over the classes, other
+  than the label's, that attain the max), its indicator arithmetic as in
+  `row_max`; the label's class, which may tie the rival, is taken back out.
+  """
+  classes = values.shape[-1]
+  k = _rival_block(classes)
+  if k is None:
+    index = jax.lax.broadcasted_iota(labels.dtype, values.shape, values.ndim - 1)
+    return jnp.max(jnp.where(index == labels[..., None], -jnp.inf, values), axis=-1)
+  blocks = values.reshape(*values.shape[:-1], classes // k, k)
+  block_max = jnp.max(blocks, axis=-1)
+  own_block = labels // k
+  index = jax.lax.broadcasted_iota(labels.dtype, block_max.shape, block_max.ndim - 1)
+  others = jnp.max(jnp.where(index == own_block[..., None], -jnp.inf, block_max), axis=-1)
+  own = jnp.take_along_axis(blocks, own_block[..., None, None], axis=-2)[..., 0, :]
+  index = jax.lax.broadcasted_iota(labels.dtype, own.shape, own.ndim - 1)
+  own = jnp.max(jnp.where(index == (labels % k)[..., None], -jnp.inf, own), axis=-1)
+  return jnp.maximum(others, own)
+
+
+@rival_max.defjvp
+def _rival_max_jvp(primals, tangents):
+  values, labels = primals
+  d_values, _ = tangents  # labels are integers: no tangent
+  rival = rival_max(values, labels)
+  wide, top = compute(values), compute(rival)
+  # A rival of -inf (every other class -inf, or C = 1) has no derivative: a
+  # finite stand-in keeps the indicator finite (the count below is then 0).
+  top = jnp.where(top == -jnp.inf, 0.0, top)[..., None]
+  tiny = jnp.finfo(wide.dtype).tiny
+  at_top = lambda v: 1.0 - jnp.minimum(jnp.abs(top - v) / tiny, 1.0)
+  true_at_top = at_top(compute(take_class(values, labels))[..., None])[..., 0]
+  d_wide = compute(d_values)
+  index = jax.lax.broadcasted_iota(labels.dtype, values.shape, values.ndim - 1)
+  d_true = jnp.sum(jnp.where(index == labels[..., None], d_wide, 0.0), axis=-1)
+  count = jnp.sum(at_top(wide), axis=-1) - true_at_top
+  share = (jnp.sum(at_top(wide) * d_wide, axis=-1) - true_at_top * d_true) / jnp.maximum(count, 1.0)
+  return rival, share.astype(rival.dtype)
+
+
 def true_class_log_prob(logits: Array, labels: Array) -> Array:
   """log softmax(logits)[label], without forming the full log-softmax, in
   float32 or wider."""

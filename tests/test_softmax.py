@@ -57,3 +57,38 @@ def test_cross_entropy_gradient_has_no_scatter():
   loss = lambda z, y: jnp.mean(_softmax.log_normalizer(z) - _softmax.take_class(z, y))
   hlo = jax.jit(jax.grad(loss)).lower(jnp.zeros((8, 5)), jnp.zeros(8, jnp.int32)).as_text()
   assert "scatter" not in hlo
+
+
+def _rival_by_select(values, labels):
+  index = jax.lax.broadcasted_iota(labels.dtype, values.shape, values.ndim - 1)
+  return jnp.max(jnp.where(index == labels[..., None], -jnp.inf, values), axis=-1)
+
+
+@pytest.mark.parametrize("classes", [1, 7, 96, 67 * 2])  # one block; two of 48; 134: none
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+def test_rival_max_is_the_max_without_the_label_with_its_derivative(classes, dtype, rng):
+  assert (_softmax._rival_block(134) is None) and _softmax._rival_block(1000) == 50
+  # Few distinct values, so that ties are common (with the true class too).
+  values = jnp.asarray(rng.integers(-3, 4, size=(6, 3, classes)) / 2, dtype)
+  labels = jnp.asarray(rng.integers(0, classes, size=(6, 3)), jnp.int32)
+  np.testing.assert_array_equal(_softmax.rival_max(values, labels),
+                                _rival_by_select(values, labels))
+  # The derivative is jnp.max's over the select: the tangent averaged over the
+  # other classes at the max (-inf, C = 1: none, zero).
+  tangent = jnp.asarray(rng.normal(size=values.shape), dtype)
+  rtol = 2.0 ** -8 if dtype == jnp.bfloat16 else 1e-6  # bfloat16: its rounding
+  _, got = jax.jvp(lambda v: _softmax.rival_max(v, labels), (values,), (tangent,))
+  # The reference in float32, exactly the same inputs: jnp.max's own bfloat16
+  # derivative averages in bfloat16.
+  f32 = lambda x: x.astype(jnp.float32)
+  _, want = jax.jvp(lambda v: _rival_by_select(v, labels), (f32(values),), (f32(tangent),))
+  want = np.asarray(want, np.float32)
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.where(np.isfinite(want), want, 0.0),
+                             rtol=rtol, atol=1e-7)
+  weights = jnp.asarray(rng.normal(size=labels.shape), jnp.float32)
+  grad = jax.grad(lambda v: jnp.sum(weights * f32(_softmax.rival_max(v, labels))))(values)
+  assert grad.dtype == values.dtype
+  want = jax.grad(lambda v: jnp.sum(weights * _rival_by_select(v, labels)))(f32(values))
+  # bfloat16: two roundings, the cotangent of the bfloat16 rival and the gradient.
+  np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(want, np.float32),
+                             rtol=2 * rtol, atol=1e-7)
