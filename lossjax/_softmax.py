@@ -218,8 +218,9 @@ def _rival_max_jvp(primals, tangents):
   d_wide = compute(d_values)
   index = jax.lax.broadcasted_iota(labels.dtype, values.shape, values.ndim - 1)
   d_true = jnp.sum(jnp.where(index == labels[..., None], d_wide, 0.0), axis=-1)
-  count = jnp.sum(at_top(wide), axis=-1) - true_at_top
-  share = (jnp.sum(at_top(wide) * d_wide, axis=-1) - true_at_top * d_true) / jnp.maximum(count, 1.0)
+  at_rival = at_top(wide)
+  count = jnp.sum(at_rival, axis=-1) - true_at_top
+  share = (jnp.sum(at_rival * d_wide, axis=-1) - true_at_top * d_true) / jnp.maximum(count, 1.0)
   return rival, share.astype(rival.dtype)
 
 
