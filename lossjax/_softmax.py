@@ -152,9 +152,14 @@ def take_class(values: Array, labels: Array) -> Array:
 def _take_class_jvp(primals, tangents):
   values, labels = primals
   d_values, _ = tangents  # labels are integers: no tangent
-  classes = jax.lax.broadcasted_iota(labels.dtype, values.shape, values.ndim - 1)
-  hit = classes == labels[..., None]
+  hit = _is_class(values.shape, labels)
   return take_class(values, labels), jnp.sum(jnp.where(hit, d_values, 0), axis=-1)
+
+
+def _is_class(shape: tuple, labels: Array) -> Array:
+  """`[..., C]` booleans: whether each position along the last axis is the
+  row's class in `labels` (`[...]`)."""
+  return jax.lax.broadcasted_iota(labels.dtype, shape, len(shape) - 1) == labels[..., None]
 
 
 # The rival max's blocks: the widest class count per block in this range
@@ -190,16 +195,13 @@ def rival_max(values: Array, labels: Array) -> Array:
   classes = values.shape[-1]
   k = _rival_block(classes)
   if k is None:
-    index = jax.lax.broadcasted_iota(labels.dtype, values.shape, values.ndim - 1)
-    return jnp.max(jnp.where(index == labels[..., None], -jnp.inf, values), axis=-1)
+    return jnp.max(jnp.where(_is_class(values.shape, labels), -jnp.inf, values), axis=-1)
   blocks = values.reshape(*values.shape[:-1], classes // k, k)
   block_max = jnp.max(blocks, axis=-1)
   own_block = labels // k
-  index = jax.lax.broadcasted_iota(labels.dtype, block_max.shape, block_max.ndim - 1)
-  others = jnp.max(jnp.where(index == own_block[..., None], -jnp.inf, block_max), axis=-1)
+  others = jnp.max(jnp.where(_is_class(block_max.shape, own_block), -jnp.inf, block_max), axis=-1)
   own = jnp.take_along_axis(blocks, own_block[..., None, None], axis=-2)[..., 0, :]
-  index = jax.lax.broadcasted_iota(labels.dtype, own.shape, own.ndim - 1)
-  own = jnp.max(jnp.where(index == (labels % k)[..., None], -jnp.inf, own), axis=-1)
+  own = jnp.max(jnp.where(_is_class(own.shape, labels % k), -jnp.inf, own), axis=-1)
   return jnp.maximum(others, own)
 
 
@@ -216,8 +218,7 @@ def _rival_max_jvp(primals, tangents):
   at_top = lambda v: 1.0 - jnp.minimum(jnp.abs(top - v) / tiny, 1.0)
   true_at_top = at_top(compute(take_class(values, labels))[..., None])[..., 0]
   d_wide = compute(d_values)
-  index = jax.lax.broadcasted_iota(labels.dtype, values.shape, values.ndim - 1)
-  d_true = jnp.sum(jnp.where(index == labels[..., None], d_wide, 0.0), axis=-1)
+  d_true = jnp.sum(jnp.where(_is_class(values.shape, labels), d_wide, 0.0), axis=-1)
   at_rival = at_top(wide)
   count = jnp.sum(at_rival, axis=-1) - true_at_top
   share = (jnp.sum(at_rival * d_wide, axis=-1) - true_at_top * d_true) / jnp.maximum(count, 1.0)
