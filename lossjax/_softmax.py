@@ -60,6 +60,20 @@ def apart(row_values: Array) -> Array:
                                     default=_row_sums_fused)
 
 
+def read_again(values, times: int = 1):
+  """`values` (an array or a tuple of them) as new values for one more pass
+  of their own to read: `times` optimization barriers, no-ops at run time.
+
+  XLA:CPU writes out a logits-sized value that two passes share, where each
+  pass alone would compute it as it reads: the float32 conversion of
+  bfloat16 logits, or a row statistic broadcast over the classes. A barrier
+  makes each pass's copy its own; distinct passes need distinct counts.
+  """
+  for _ in range(times):
+    values = jax.lax.optimization_barrier(values)
+  return values
+
+
 def log_normalizer(logits: Array, *, platform: str | None = None) -> Array:
   """logsumexp over the last axis: `[..., C] -> [...]`, in float32 or wider
   (the dtype of `compute(logits)`).

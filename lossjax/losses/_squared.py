@@ -109,9 +109,51 @@ def brier_loss(logits, labels, *, axis: int = -1, where=None) -> Array:
   probability", 1950; as a training loss, Mukhoti et al., NeurIPS 2020.
   """
   batch = _prepare.integer_label_batch(logits, labels, axis, where)
-  probs = jax.nn.softmax(batch.logits, axis=-1)
-  one_hot = jax.nn.one_hot(batch.labels, batch.num_classes, dtype=probs.dtype)
-  return batch.finish(jnp.sum(jnp.square(probs - one_hot), axis=-1))
+  return batch.finish(_brier(batch.stored, batch.labels))
+
+
+def _brier_terms(stored: Array, labels: Array):
+  """Each row's max m, sum_c exp(z_c - m), log p_y and sum_c p_c^2.
+
+  Relative to the row max, not the log-normaliser l: exp(z - l) is off by
+  l's rounding, ~|l| ulps (6e-6 relative for logits near 100), where
+  exp(z - m) / s is not. sum_c p_c^2 = sum_c exp(2 (z_c - m)) / s^2 is one
+  more exp-and-sum pass; it reads the stored logits afresh
+  (`_softmax.read_again`), so that bfloat16 logits are converted inside each
+  pass, not written out once in float32 for both (forward at (256, 32000) on
+  2 CPU cores: 20 ms against 10 ms, measured alternately)."""
+  top = _softmax.compute(jax.lax.stop_gradient(jnp.max(stored, axis=-1, keepdims=True)))
+  sums = _softmax.apart(jnp.sum(jnp.exp(_softmax.compute(stored) - top), axis=-1))
+  again, again_top = _softmax.read_again((stored, top))
+  squares = _softmax.apart(jnp.sum(jnp.exp(2.0 * (_softmax.compute(again) - again_top)), axis=-1))
+  squares = squares / jnp.square(sums)
+  log_p_y = _softmax.compute(_softmax.take_class(stored, labels)) - top[..., 0] - jnp.log(sums)
+  return top, sums, log_p_y, squares
+
+
+@jax.custom_jvp
+def _brier(stored: Array, labels: Array) -> Array:
+  # sum_c (p_c - [c = y])^2 = (1 - p_y)^2 + (sum_c p_c^2 - p_y^2): 1 - p_y from
+  # log p_y without cancelling (as the MAE's), the rivals' squares as the
+  # difference, exact to float32 rounding of sum_c p_c^2 <= 1 and kept >= 0.
+  _, _, log_p_y, squares = _brier_terms(stored, labels)
+  rivals = jnp.maximum(squares - jnp.exp(2.0 * log_p_y), 0.0)
+  return jnp.square(_softmax.one_minus_prob(log_p_y)) + rivals
+
+
+@_brier.defjvp
+def _brier_jvp(primals, tangents):
+  # d loss / d z_c = 2 p_c (p_c - [c = y] - (sum_k p_k^2 - p_y)): one
+  # expression of the tangent, so that the gradient of two-byte logits is
+  # rounded to their dtype once, at the end.
+  (stored, labels), (d_stored, _) = primals, tangents  # labels: no tangent
+  top, sums, log_p_y, squares = _brier_terms(stored, labels)
+  p_y = jnp.exp(log_p_y)[..., None]
+  again, again_top = _softmax.read_again((stored, top), 2)
+  probs = jnp.exp(_softmax.compute(again) - again_top) / sums[..., None]
+  hit = jnp.where(_softmax._is_class(stored.shape, labels), p_y, 0.0)
+  weights = 2.0 * (probs * (probs - (squares[..., None] - p_y)) - hit)
+  return _brier(stored, labels), jnp.sum(weights * _softmax.compute(d_stored), axis=-1)
 
 
 def mean_absolute_error_probs(logits, labels, *, axis: int = -1,
