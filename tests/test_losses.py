@@ -265,3 +265,24 @@ def test_class_balanced_weights_match_the_formula():
 def test_class_balanced_weights_reject_bad_input(counts, beta, message):
   with pytest.raises(ValueError, match=message):
     lossjax.class_balanced_weights(counts, beta=beta)
+
+
+@pytest.mark.parametrize("offset", [0.0, 60.0])
+def test_brier_derivatives_match_the_elementwise_form(offset):
+  """Brier's own derivative (one tangent expression, sums relative to the row
+  max) against autodiff of softmax-minus-one-hot squared, to second order, in
+  float64 on confident and unsure rows, logits near 0 and near `offset`."""
+  elementwise = lambda z, y: jnp.sum(
+      jnp.square(jax.nn.softmax(z, axis=-1) - jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype)), -1)
+  rng = np.random.default_rng(3)
+  with jax.enable_x64(True):
+    labels = jnp.array([0, 3, 5, 5])
+    logits = jnp.asarray(rng.normal(size=(4, 6)) + offset)
+    logits = logits.at[jnp.arange(4), labels].add(jnp.array([0.0, 4.0, 12.0, -3.0]))
+    ours = lambda z: jnp.sum(losses.brier_loss(z, labels) * jnp.arange(1.0, 5.0))
+    theirs = lambda z: jnp.sum(elementwise(z, labels) * jnp.arange(1.0, 5.0))
+    np.testing.assert_allclose(ours(logits), theirs(logits), rtol=1e-12)
+    np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(theirs)(logits),
+                               rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(jax.hessian(ours)(logits), jax.hessian(theirs)(logits),
+                               rtol=1e-9, atol=1e-13)
