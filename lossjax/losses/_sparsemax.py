@@ -30,15 +30,46 @@ def _threshold(logits: Array) -> Array:
   (65536, 1000) float32: 115 ms as sum(z > t) against 11 ms as the chain,
   measured alternately on 2 cores). The count is exact for every z - t above
   the dtype's smallest normal number; a z within that of t counts partly,
-  and its share of the probability is below that number.
+  and its share of the probability is below that number. The rounds run on
+  chunks of rows (`_CHUNK` logits), each chunk's rows until all of its rows
+  stop, so that the logits of every round after the first come from the cache.
   """
   z = jax.lax.stop_gradient(logits)
+  classes = z.shape[-1]
+  rows = z.reshape(-1, classes)
+  if rows.shape[0] == 0:
+    tau, n = jnp.zeros((0, 1), z.dtype), jnp.ones((0, 1), z.dtype)
+  else:
+    tau, n = jax.lax.map(_fixed_point, rows, batch_size=max(1, _CHUNK // max(classes, 1)))
+  # One more step from the fixed point, on the logits themselves: the same
+  # value, and the derivative d tau / dz_c = [c in S] / |S| that gives
+  # sparsemax its Jacobian diag(s) - s s^T / |S|.
+  shape = z.shape[:-1] + (1,)
+  return _step(logits, tau.reshape(shape), n.reshape(shape))
+
+
+# Logits per chunk of rows that `_threshold` runs its rounds on: 1 MiB of
+# float32, so that every round after the first reads them from the cache.
+# Against all rows at once, measured alternately on 2 CPU cores (the mean
+# loss, float32): 1234 -> 455 ms at (65536, 1000), 141 -> 53 ms at
+# (256, 32000); chunks of half or twice the size were slower.
+_CHUNK = 2 ** 18
+
+
+def _excess(values: Array, t: Array) -> Array:
+  return _softmax.apart(jnp.sum(jnp.maximum(values - t, 0.0), axis=-1, keepdims=True))
+
+
+def _step(values: Array, t: Array, n: Array) -> Array:
+  return t + (_excess(values, t) - 1.0) / n
+
+
+def _fixed_point(z: Array):
+  """Michelot's rounds for one row `[C]` (vmapped over a chunk of rows):
+  tau and |S| at the fixed point, `[1]` each."""
   scale = 1.0 / jnp.finfo(z.dtype).tiny
-  excess = lambda values, t: _softmax.apart(
-      jnp.sum(jnp.maximum(values - t, 0.0), axis=-1, keepdims=True))
   count = lambda t: _softmax.apart(jnp.sum(
       jnp.minimum(jnp.maximum(z - t, 0.0) * scale, 1.0), axis=-1, keepdims=True))
-  step = lambda values, t, n: t + (excess(values, t) - 1.0) / n
 
   def round_(state):
     t, n, _, rounds = state
@@ -46,17 +77,13 @@ def _threshold(logits: Array) -> Array:
     # A row with a NaN counts NaN, which never equals itself: it is left out of
     # the test (it would keep every row going to the round limit, C rounds).
     changed = jnp.any((new != n) & (new == new))
-    return step(z, t, new), new, changed & (rounds < z.shape[-1]), rounds + 1
+    return _step(z, t, new), new, changed & (rounds < z.shape[-1]), rounds + 1
 
   start = jnp.max(z, axis=-1, keepdims=True) - 1.0
   n = count(start)
-  state = (step(z, start, n), n, jnp.array(True), jnp.array(0))
+  state = (_step(z, start, n), n, jnp.array(True), jnp.array(0))
   tau, n, _, _ = jax.lax.while_loop(lambda state: state[2], round_, state)
-  # One more step from the fixed point, on the logits themselves: the same
-  # value, and the derivative d tau / dz_c = [c in S] / |S| that gives
-  # sparsemax its Jacobian diag(s) - s s^T / |S|.
-  tau, n = jax.lax.stop_gradient((tau, n))
-  return step(logits, tau, n)
+  return tau, n
 
 
 def sparsemax(logits: Array) -> Array:
