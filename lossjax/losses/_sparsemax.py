@@ -49,10 +49,8 @@ def _threshold(logits: Array) -> Array:
 
 
 # Logits per chunk of rows that `_threshold` runs its rounds on: 1 MiB of
-# float32, so that every round after the first reads them from the cache.
-# Against all rows at once, measured alternately on 2 CPU cores (the mean
-# loss, float32): 1234 -> 455 ms at (65536, 1000), 141 -> 53 ms at
-# (256, 32000); chunks of half or twice the size were slower.
+# float32, so that every round after the first reads them from the cache
+# (docs/measurement.md); chunks of half or twice the size measured slower.
 _CHUNK = 2 ** 18
 
 
