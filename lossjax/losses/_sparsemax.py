@@ -37,10 +37,7 @@ def _threshold(logits: Array) -> Array:
   z = jax.lax.stop_gradient(logits)
   classes = z.shape[-1]
   rows = z.reshape(-1, classes)
-  if rows.shape[0] == 0:
-    tau, n = jnp.zeros((0, 1), z.dtype), jnp.ones((0, 1), z.dtype)
-  else:
-    tau, n = jax.lax.map(_fixed_point, rows, batch_size=max(1, _CHUNK // max(classes, 1)))
+  tau, n = jax.lax.map(_fixed_point, rows, batch_size=max(1, _CHUNK // max(classes, 1)))
   # One more step from the fixed point, on the logits themselves: the same
   # value, and the derivative d tau / dz_c = [c in S] / |S| that gives
   # sparsemax its Jacobian diag(s) - s s^T / |S|.

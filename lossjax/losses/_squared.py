@@ -130,14 +130,18 @@ def _brier_terms(stored: Array, labels: Array):
   return top, sums, log_p_y, squares
 
 
-@jax.custom_jvp
-def _brier(stored: Array, labels: Array) -> Array:
+def _brier_value(log_p_y: Array, squares: Array) -> Array:
   # sum_c (p_c - [c = y])^2 = (1 - p_y)^2 + (sum_c p_c^2 - p_y^2): 1 - p_y from
   # log p_y without cancelling (as the MAE's), the rivals' squares as the
   # difference, exact to float32 rounding of sum_c p_c^2 <= 1 and kept >= 0.
-  _, _, log_p_y, squares = _brier_terms(stored, labels)
   rivals = jnp.maximum(squares - jnp.exp(2.0 * log_p_y), 0.0)
   return jnp.square(_softmax.one_minus_prob(log_p_y)) + rivals
+
+
+@jax.custom_jvp
+def _brier(stored: Array, labels: Array) -> Array:
+  _, _, log_p_y, squares = _brier_terms(stored, labels)
+  return _brier_value(log_p_y, squares)
 
 
 @_brier.defjvp
@@ -152,7 +156,7 @@ def _brier_jvp(primals, tangents):
   probs = jnp.exp(_softmax.compute(again) - again_top) / sums[..., None]
   hit = jnp.where(_softmax._is_class(stored.shape, labels), p_y, 0.0)
   weights = 2.0 * (probs * (probs - (squares[..., None] - p_y)) - hit)
-  return _brier(stored, labels), jnp.sum(weights * _softmax.compute(d_stored), axis=-1)
+  return _brier_value(log_p_y, squares), jnp.sum(weights * _softmax.compute(d_stored), axis=-1)
 
 
 def mean_absolute_error_probs(logits, labels, *, axis: int = -1,
