@@ -240,6 +240,28 @@ def test_sparsemax_is_the_simplex_projection(rng):
   np.testing.assert_allclose(grad, p - jax.nn.one_hot(labels, 9), atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(7, 6), (5, 9), (263, 1000), (256, 1000)])
+def test_sparsemax_bfloat16_is_its_float32_upcast(shape, rng):
+  """bfloat16 rows (even class counts go in as pairs of bits, odd ones as
+  they are; 263 rows fill no whole chunk, 256 do) against the float32
+  computation on the same values: the same loss, gradient and probabilities
+  (the rounds only sum in another order)."""
+  z = jnp.asarray(rng.normal(size=shape) * 2, jnp.bfloat16)
+  labels = jnp.asarray(rng.integers(0, shape[1], size=shape[0]))
+  wide = z.astype(jnp.float32)
+  loss = lambda z: lossjax.multiclass_sparsemax_loss(z, labels)
+  np.testing.assert_allclose(jax.jit(loss)(z), loss(wide), rtol=1e-5, atol=1e-6)
+  grad = lambda z: jax.grad(lambda z: loss(z).sum())(z)
+  np.testing.assert_allclose(grad(z).astype(jnp.float32), grad(wide).astype(jnp.bfloat16)
+                             .astype(jnp.float32), atol=1e-2)
+  # sparsemax's probabilities come out in bfloat16: z - tau rounds twice (tau
+  # to bfloat16, then the difference), each by at most 2**-9 of the larger of |z|, |tau|.
+  got = np.asarray(lossjax.sparsemax(z).astype(jnp.float32))
+  want = reference.sparsemax_probabilities(np.asarray(wide, np.float64))
+  rounding = 2.0 ** -8 * (np.abs(np.asarray(wide)).max(-1, keepdims=True) + 1.0)
+  assert np.all(np.abs(got - want) <= rounding)
+
+
 def test_sparsemax_rows_with_a_nan_give_nan_and_leave_the_others_exact(rng):
   z = rng.normal(size=(8, 2000)).astype(np.float32) * 2
   labels = jnp.asarray(rng.integers(0, 2000, size=8))

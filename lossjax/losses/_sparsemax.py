@@ -33,22 +33,46 @@ def _threshold(logits: Array) -> Array:
   and its share of the probability is below that number. The rounds run on
   chunks of rows (`_CHUNK` logits), each chunk's rows until all of its rows
   stop, so that the logits of every round after the first come from the cache.
+  bfloat16 rows go in as the bits of pairs of logits (`_unpack`), so that
+  each chunk is converted to float32 as the rounds read it: XLA moves a
+  conversion of the rows themselves out of the loop, writing all the logits
+  out in float32 first (float16, and an odd number of classes, still do).
+
+  `logits` in any floating dtype; tau in the compute dtype (`_softmax.compute`).
   """
   z = jax.lax.stop_gradient(logits)
   classes = z.shape[-1]
   rows = z.reshape(-1, classes)
-  tau, n = jax.lax.map(_fixed_point, rows, batch_size=max(1, _CHUNK // max(classes, 1)))
+  if rows.dtype == jnp.bfloat16 and classes > 0 and classes % 2 == 0:
+    pairs = jax.lax.bitcast_convert_type(rows.reshape(-1, classes // 2, 2), jnp.uint32)
+    tau, n = jax.lax.map(lambda p: _fixed_point(_unpack(p)), pairs,
+                         batch_size=_rows_per_chunk(*rows.shape))
+  else:
+    tau, n = jax.lax.map(_fixed_point, rows, batch_size=_rows_per_chunk(*rows.shape))
   # One more step from the fixed point, on the logits themselves: the same
   # value, and the derivative d tau / dz_c = [c in S] / |S| that gives
   # sparsemax its Jacobian diag(s) - s s^T / |S|.
   shape = z.shape[:-1] + (1,)
-  return _step(logits, tau.reshape(shape), n.reshape(shape))
+  return _step(_softmax.compute(logits), tau.reshape(shape), n.reshape(shape))
 
 
 # Logits per chunk of rows that `_threshold` runs its rounds on: 1 MiB of
 # float32, so that every round after the first reads them from the cache
 # (docs/measurement.md); chunks of half or twice the size measured slower.
 _CHUNK = 2 ** 18
+
+
+def _rows_per_chunk(rows: int, classes: int) -> int:
+  """Rows per chunk: the most, up to `_CHUNK` logits, that divide `rows`.
+
+  lax.map runs the rows that fill no whole chunk apart, and first slices the
+  others out of the logits, a copy as large as the logits. Where no divisor
+  of at least half the most does (a prime number of rows), the copy is taken
+  rather than chunks too small for the cache to pay.
+  """
+  most = max(1, _CHUNK // max(classes, 1))
+  divisor = next(k for k in range(min(most, max(rows, 1)), 0, -1) if rows % k == 0)
+  return divisor if 2 * divisor >= min(most, rows) else most
 
 
 def _excess(values: Array, t: Array) -> Array:
@@ -59,9 +83,19 @@ def _step(values: Array, t: Array, n: Array) -> Array:
   return t + (_excess(values, t) - 1.0) / n
 
 
+def _unpack(pairs: Array) -> Array:
+  """Two bfloat16 logits a uint32 (`[..., C / 2]`) as their float32 values
+  (`[..., C]`, in another order, which no round depends on): a bfloat16 is
+  the upper half of its float32, exactly."""
+  lo = jax.lax.bitcast_convert_type(jax.lax.shift_left(pairs, jnp.uint32(16)), jnp.float32)
+  hi = jax.lax.bitcast_convert_type(pairs & jnp.uint32(0xFFFF0000), jnp.float32)
+  return jnp.concatenate([lo, hi], axis=-1)
+
+
 def _fixed_point(z: Array):
   """Michelot's rounds for one row `[C]` (vmapped over a chunk of rows):
   tau and |S| at the fixed point, `[1]` each."""
+  z = _softmax.compute(z)
   scale = 1.0 / jnp.finfo(z.dtype).tiny
   count = lambda t: _softmax.apart(jnp.sum(
       jnp.minimum(jnp.maximum(z - t, 0.0) * scale, 1.0), axis=-1, keepdims=True))
@@ -98,7 +132,7 @@ def sparsemax(logits: Array) -> Array:
 
   Reference: Martins & Astudillo, "From Softmax to Sparsemax", ICML 2016.
   """
-  return jnp.maximum(logits - _threshold(logits), 0.0)
+  return jnp.maximum(logits - _threshold(logits).astype(logits.dtype), 0.0)
 
 
 def multiclass_sparsemax_loss(scores, labels, *, axis: int = -1, where=None) -> Array:
@@ -124,13 +158,44 @@ def multiclass_sparsemax_loss(scores, labels, *, axis: int = -1, where=None) -> 
   Blondel et al., "Learning with Fenchel-Young Losses", JMLR 2020.
   """
   batch = _prepare.integer_label_batch(scores, labels, axis, where)
-  # With p = relu(z - tau) summing to 1, sum_c p_c (z_c - z_y) = ||p||^2 + tau - z_y,
-  # so the loss is ||p||^2 / 2 + tau - z_y + 1/2: one pass over the logits
-  # once tau is known. Its gradient is p - onehot(y): tau's terms,
-  # (1 - sum_c p_c) dtau/dz, vanish.
-  tau = _threshold(batch.logits)
-  squares = _softmax.apart(jnp.sum(jnp.square(jnp.maximum(batch.logits - tau, 0.0)), axis=-1))
-  return batch.finish(0.5 * squares + tau[..., 0] - batch.true_logit() + 0.5)
+  return batch.finish(_fenchel_young(batch.stored, batch.labels))
+
+
+def _loss_given(logits: Array, labels: Array, tau: Array) -> Array:
+  """The loss from its threshold `tau` (`[..., 1]`): with p = relu(z - tau)
+  summing to 1, sum_c p_c (z_c - z_y) = ||p||^2 + tau - z_y, so the loss is
+  ||p||^2 / 2 + tau - z_y + 1/2, one pass over the logits."""
+  # The pass converts the logits for itself (`read_again`), and relu's 0 here
+  # is -0.0 (the same squares): a conversion, or a constant, equal to the
+  # threshold's last step's would be one array that XLA:CPU shares between
+  # the two passes and so writes out, as large as the logits.
+  z = _softmax.compute(_softmax.read_again(logits))
+  squares = _softmax.apart(jnp.sum(jnp.square(jnp.maximum(z - tau, -0.0)), axis=-1))
+  true_logit = _softmax.take_class(logits, labels).astype(tau.dtype)
+  return 0.5 * squares + tau[..., 0] - true_logit + 0.5
+
+
+@jax.custom_jvp
+def _fenchel_young(logits: Array, labels: Array) -> Array:
+  """The sparsemax loss of `logits` as the caller gave them, in the compute dtype."""
+  return _loss_given(logits, labels, _threshold(logits))
+
+
+@_fenchel_young.defjvp
+def _fenchel_young_jvp(primals, tangents):
+  # The gradient is p - onehot(y), one elementwise pass: tau's own terms,
+  # (1 - sum_c p_c) dtau/dz, vanish, and autodiff of the loss would compute
+  # them anyway (two more logits-sized arrays written). p keeps tau's
+  # derivative, so that the loss's second derivative is sparsemax's Jacobian.
+  (logits, labels), (logits_dot, _) = primals, tangents
+  tau = _threshold(logits)
+  value = _loss_given(logits, labels, tau)
+  z, t = _softmax.read_again((logits, tau), 2)
+  hit = _softmax._is_class(z.shape, labels)
+  probabilities = jnp.maximum(_softmax.compute(z) - t, 0.0)
+  tangent = jnp.sum((probabilities - jnp.where(hit, 1.0, 0.0)) * _softmax.compute(logits_dot),
+                    axis=-1)
+  return value, tangent
 
 
 def sparsemax_loss(logits, labels, *, where=None) -> Array:
