@@ -93,9 +93,10 @@ def _floor_inputs(shape, dtype, kind):
   return _inputs(shape, dtype, "binary" if kind in ("sigmoid", "binary_read") else "multiclass")
 
 
-# optax's multiclass sparsemax sorts every row: 10.7 s a call at 65536x1000
-# (lossjax's 1.9 s), minutes of the headline run for one cell. It is timed
-# beside lossjax's in the full grid (--lossjax-full).
+# optax's multiclass sparsemax sorts every row: seconds a call at 65536x1000,
+# minutes of the headline run for one cell (its time beside lossjax's is in
+# results/BENCHMARKS.md). It is timed beside lossjax's in the full grid
+# (--lossjax-full).
 OPTAX_IN_FULL_GRID_ONLY = {"sparsemax"}
 
 
