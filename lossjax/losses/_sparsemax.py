@@ -192,9 +192,12 @@ def _fenchel_young_jvp(primals, tangents):
   value = _loss_given(logits, labels, tau)
   z, t = _softmax.read_again((logits, tau), 2)
   hit = _softmax._is_class(z.shape, labels)
-  probabilities = jnp.maximum(_softmax.compute(z) - t, 0.0)
-  tangent = jnp.sum((probabilities - jnp.where(hit, 1.0, 0.0)) * _softmax.compute(logits_dot),
-                    axis=-1)
+  # relu as (x + |x|) / 2 (exact) and the one-hot as a converted compare: a
+  # zero constant here would be merged with the threshold's last step's, a
+  # broadcast XLA:CPU then writes out for that step's pass.
+  above = _softmax.compute(z) - t
+  probabilities = 0.5 * (above + jnp.abs(above))
+  tangent = jnp.sum((probabilities - hit.astype(t.dtype)) * _softmax.compute(logits_dot), axis=-1)
   return value, tangent
 
 
