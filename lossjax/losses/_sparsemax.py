@@ -177,7 +177,7 @@ def _loss_given(logits: Array, labels: Array, tau: Array) -> Array:
 
 @jax.custom_jvp
 def _fenchel_young(logits: Array, labels: Array) -> Array:
-  """The sparsemax loss of `logits` as the caller gave them, in the compute dtype."""
+  """The sparsemax loss, in the compute dtype, of `logits` in the caller's dtype."""
   return _loss_given(logits, labels, _threshold(logits))
 
 
