@@ -147,14 +147,10 @@ def take_class(values: Array, labels: Array) -> Array:
   index`), so that a gradient flows back as an elementwise select that XLA
   fuses with the rest of the backward pass: the transpose of the gather, a
   scatter, is made in float32 around a bfloat16 gradient, one more full pass
-  over memory (bfloat16 value_and_grad of the mean cross-entropy on 2 CPU
-  cores, in the committed benchmark runs before and after: 34 -> 7.5 ms at
-  (256, 32000), 251 -> 160 ms at (65536, 1000)). Four- and eight-byte floats
-  keep the gather's own derivative: XLA:CPU scatters it into the dense
-  gradient in place, one value a row, where the select's compare against
-  the class index costs every element (float32 cross-entropy value_and_grad
-  at (65536, 1000), measured alternately with optax's, whose gradient is made
-  that way: 0.76-0.81x optax's speed with the select, 0.88-1.04x without).
+  over memory. Four- and eight-byte floats keep the gather's own derivative:
+  XLA:CPU scatters it into the dense gradient in place, one value a row,
+  where the select's compare against the class index costs every element
+  (the measurements: docs/measurement.md).
 
   Two-byte floats are gathered as their bits (uint16): XLA moves a float32
   conversion of the picked values in front of the gather, converting every
