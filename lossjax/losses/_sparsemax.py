@@ -43,12 +43,12 @@ def _threshold(logits: Array) -> Array:
   z = jax.lax.stop_gradient(logits)
   classes = z.shape[-1]
   rows = z.reshape(-1, classes)
+  chunk = _rows_per_chunk(*rows.shape)
   if rows.dtype == jnp.bfloat16 and classes > 0 and classes % 2 == 0:
     pairs = jax.lax.bitcast_convert_type(rows.reshape(-1, classes // 2, 2), jnp.uint32)
-    tau, n = jax.lax.map(lambda p: _fixed_point(_unpack(p)), pairs,
-                         batch_size=_rows_per_chunk(*rows.shape))
+    tau, n = jax.lax.map(lambda p: _fixed_point(_unpack(p)), pairs, batch_size=chunk)
   else:
-    tau, n = jax.lax.map(_fixed_point, rows, batch_size=_rows_per_chunk(*rows.shape))
+    tau, n = jax.lax.map(_fixed_point, rows, batch_size=chunk)
   # One more step from the fixed point, on the logits themselves: the same
   # value, and the derivative d tau / dz_c = [c in S] / |S| that gives
   # sparsemax its Jacobian diag(s) - s s^T / |S|.
