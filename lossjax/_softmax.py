@@ -158,8 +158,11 @@ def take_class(values: Array, labels: Array) -> Array:
   """
   if values.dtype.itemsize == 2 and jnp.issubdtype(values.dtype, jnp.floating):
     bits = jax.lax.bitcast_convert_type(values, jnp.uint16)
-    picked = jnp.take_along_axis(bits, labels[..., None], axis=-1)[..., 0]
-    return jax.lax.bitcast_convert_type(picked, values.dtype)
+    return jax.lax.bitcast_convert_type(_gather(bits, labels), values.dtype)
+  return _gather(values, labels)
+
+
+def _gather(values: Array, labels: Array) -> Array:
   return jnp.take_along_axis(values, labels[..., None], axis=-1)[..., 0]
 
 
@@ -168,8 +171,7 @@ def _take_class_jvp(primals, tangents):
   values, labels = primals
   d_values, _ = tangents  # labels are integers: no tangent
   if values.dtype.itemsize >= 4:
-    return take_class(values, labels), jnp.take_along_axis(
-        d_values, labels[..., None], axis=-1)[..., 0]
+    return take_class(values, labels), _gather(d_values, labels)
   hit = _is_class(values.shape, labels)
   return take_class(values, labels), jnp.sum(jnp.where(hit, d_values, 0), axis=-1)
 
