@@ -74,9 +74,15 @@ def read_again(values, times: int = 1):
   return values
 
 
-def log_normalizer(logits: Array, *, platform: str | None = None) -> Array:
+def log_normalizer(logits: Array, *, shift: Array | None = None,
+                   platform: str | None = None) -> Array:
   """logsumexp over the last axis: `[..., C] -> [...]`, in float32 or wider
   (the dtype of `compute(logits)`).
+
+  `shift`, optional, `[...]`: one of each row's own logits (the true class's,
+  say), in the logits' dtype. The exponentials are then taken relative to it
+  in one pass over the logits (`shifted_log_normalizer`) instead of relative
+  to the row max, which costs a pass of its own on XLA:CPU.
 
   The formulation is chosen per backend when the program is lowered
   (``jax.lax.platform_dependent``); `platform` ('cpu' or 'default') forces
@@ -84,6 +90,8 @@ def log_normalizer(logits: Array, *, platform: str | None = None) -> Array:
   """
   if logits.shape[-1] == 0:  # no classes: log 0 (a sum over them is then empty, 0)
     return jnp.full(logits.shape[:-1], -jnp.inf, compute(logits).dtype)
+  if shift is not None:
+    return shifted_log_normalizer(logits, shift)
   # log sum_j exp(z_j) = m + log sum_j exp(z_j - m) for any m; m = max keeps
   # every exponent <= 0 so nothing overflows, and one term is exactly 1. The
   # max is taken in the logits' own dtype (exact), the rest in float32.
@@ -98,6 +106,43 @@ def log_normalizer(logits: Array, *, platform: str | None = None) -> Array:
   else:
     raise ValueError(f"`platform` must be 'cpu', 'default' or None, got {platform!r}.")
   return row_max[..., 0] + jnp.log(sums)
+
+
+@jax.custom_jvp
+def shifted_log_normalizer(logits: Array, shift: Array) -> Array:
+  """logsumexp over the last axis, `[..., C], [...] -> [...]`, in float32 or
+  wider, from exponentials relative to `shift`, one of each row's own logits.
+
+  ``log sum_j exp(z_j) = c + log sum_j exp(z_j - c)`` for any c. With c the
+  row max, as `log_normalizer` takes it, every exponent is <= 0; but that max
+  is used twice (inside the sum and added after the log), and XLA:CPU then
+  runs it as a pass over the logits of its own, where a max used only inside
+  the sum is fused into the sum's pass (the measurements:
+  docs/measurement.md). With c one of the row's logits the sum holds exp(0) =
+  1, so it is >= 1 and cannot underflow; it overflows only where a logit lies
+  more than ~88 (float32) above c. If any row's sum is not finite, the whole
+  batch is computed relative to the row max instead (`lax.cond`: one branch
+  runs; under `vmap` the two become a select and both run).
+
+  Its derivative is softmax(z) . dz, the probabilities recomputed as
+  `exp(z - logsumexp)` from the logits read again (`read_again`), so that
+  the forward pass's exponentials are never written out to be shared with
+  the backward pass; `shift` has no derivative (the value does not depend on
+  it). Saved for the backward pass: nothing but the logits and the result.
+  """
+  wide_shift = compute(shift)
+  sums = apart(jnp.sum(jnp.exp(compute(logits) - wide_shift[..., None]), axis=-1))
+  return jax.lax.cond(jnp.all(jnp.isfinite(sums)),
+                      lambda: wide_shift + jnp.log(sums),
+                      lambda: log_normalizer(logits))
+
+
+@shifted_log_normalizer.defjvp
+def _shifted_log_normalizer_jvp(primals, tangents):
+  (logits, shift), (d_logits, _) = primals, tangents
+  value = shifted_log_normalizer(logits, shift)
+  probs = jnp.exp(compute(read_again(logits)) - value[..., None])
+  return value, jnp.sum(probs * compute(d_logits), axis=-1)
 
 
 def masked_log_normalizer(logits: Array, keep: Array) -> Array:
@@ -247,8 +292,9 @@ def _rival_max_jvp(primals, tangents):
 
 def true_class_log_prob(logits: Array, labels: Array) -> Array:
   """log softmax(logits)[label], without forming the full log-softmax, in
-  float32 or wider."""
-  return compute(take_class(logits, labels)) - log_normalizer(logits)
+  float32 or wider (the log-normaliser shifted by the true class's logit)."""
+  true_logit = take_class(logits, labels)
+  return compute(true_logit) - log_normalizer(logits, shift=true_logit)
 
 
 def one_minus_prob(log_prob: Array) -> Array:

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 from scipy.special import logsumexp
 
 from lossjax import _softmax
@@ -17,6 +18,45 @@ def test_log_normalizer_matches_scipy(platform, scale, rng):
   np.testing.assert_allclose(got, logsumexp(logits.astype(np.float64), axis=-1), rtol=1e-6)
   grad = jax.grad(lambda z: _softmax.log_normalizer(z, platform=platform).sum())(logits)
   np.testing.assert_allclose(grad, jax.nn.softmax(logits), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])  # 1e4: sums overflow, the max's path
+def test_shifted_log_normalizer_matches_scipy_with_any_row_logit_as_shift(dtype, scale, rng):
+  logits = jnp.asarray(rng.normal(scale=scale, size=(64, 33)), dtype)
+  wide = np.asarray(logits, np.float64)
+  want = logsumexp(wide, axis=-1)
+  for column in (0, 17):
+    shift = logits[:, column]
+    got = jax.jit(_softmax.log_normalizer)(logits, shift=shift)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    grad = jax.grad(lambda z: _softmax.log_normalizer(z, shift=shift).sum())(logits)
+    assert grad.dtype == dtype
+    np.testing.assert_allclose(np.asarray(grad, np.float64),
+                               np.exp(wide - want[:, None]), rtol=2.0 ** -7, atol=1e-7)
+  # Under vmap the overflow check is per row: both paths run, each row takes its own.
+  per_row = jax.vmap(lambda z: _softmax.log_normalizer(z, shift=z[3]))(logits)
+  np.testing.assert_allclose(per_row, want, rtol=1e-6, atol=1e-6)
+
+
+def test_shifted_log_normalizer_derivatives_to_second_order(rng):
+  logits = jnp.asarray(rng.normal(scale=3.0, size=(5, 9)), jnp.float32)
+  for shift_column in (0, 4):
+    fn = lambda z: _softmax.log_normalizer(z, shift=jax.lax.stop_gradient(z[:, shift_column]))
+    check_grads(fn, (logits,), order=2, modes=("fwd", "rev"), eps=1e-2,
+                              atol=2e-2, rtol=2e-2)
+  # With the shift taken from the logits themselves (not stopped), the same
+  # derivative: the value does not depend on the shift.
+  unstopped = jax.grad(lambda z: _softmax.log_normalizer(z, shift=z[:, 2]).sum())(logits)
+  np.testing.assert_allclose(unstopped, jax.nn.softmax(logits), rtol=1e-5, atol=1e-7)
+
+
+def test_shifted_log_normalizer_keeps_infinities(rng):
+  logits = jnp.asarray([[0.0, -jnp.inf, 1.0], [-jnp.inf, -jnp.inf, 2.0], [0.0, 1.0, 2.0]])
+  got = _softmax.log_normalizer(logits, shift=logits[:, 1])  # a shift of -inf: the max's path
+  np.testing.assert_allclose(got, [np.log(1 + np.e), 2.0, logsumexp([0.0, 1.0, 2.0])],
+                             rtol=1e-6)
 
 
 def test_cpu_formulation_is_chosen_when_lowering_for_cpu():

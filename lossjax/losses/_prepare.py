@@ -15,7 +15,7 @@ Array = jax.Array
 
 class IntegerLabelBatch(NamedTuple):
   logits: Array  # [..., C], compute dtype, class axes last (flattened)
-  labels: Array  # [...], integer, forced into [0, C) where invalid
+  labels: Array  # [...], integer, forced into [0, C) where invalid or masked out
   valid: Array | None  # [...] bool, None when all labels are known valid
   where: Array | None  # [...] bool per-example mask, None for all
   keep: Array | None = None  # [..., C] bool per-logit mask (optax's), None for all
@@ -75,6 +75,11 @@ def integer_label_batch(logits, labels, axis, where, *,
   valid = _checks.label_validity(labels, num_classes, where)
   if valid is not None:
     labels = jnp.where(valid, labels, 0)
+  elif where is not None:
+    # Masked-out examples may carry any label (an ignore index such as -100):
+    # 0 stands in, so that every label picks one of its row's own logits (the
+    # log-normaliser's shift: out of range, NaN, and the batch's slow path).
+    labels = jnp.where(where, labels, 0)
   return IntegerLabelBatch(logits.astype(_checks.compute_dtype(logits.dtype)), labels, valid,
                            where, keep, stored=logits)
 
@@ -122,11 +127,14 @@ def kept_count(batch) -> Array | int:
 
 def log_normalizer(batch) -> Array:
   """logsumexp over each example's kept classes (all of them without a
-  per-logit mask)."""
-  if batch.keep is None:
-    stored = getattr(batch, "stored", None)  # a probability-label batch has none
-    return _softmax.log_normalizer(batch.logits if stored is None else stored)
-  return _softmax.masked_log_normalizer(batch.logits, batch.keep)
+  per-logit mask); for integer labels, shifted by the true class's logit
+  (`lossjax._softmax.shifted_log_normalizer`)."""
+  if batch.keep is not None:
+    return _softmax.masked_log_normalizer(batch.logits, batch.keep)
+  if isinstance(batch, IntegerLabelBatch):
+    return _softmax.log_normalizer(
+        batch.stored, shift=_softmax.take_class(batch.stored, batch.labels))
+  return _softmax.log_normalizer(batch.logits)
 
 
 def over_kept(batch, values: Array) -> Array:
