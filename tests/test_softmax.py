@@ -139,3 +139,28 @@ def test_rival_max_is_the_max_without_the_label_with_its_derivative(classes, dty
   # bfloat16: two roundings, the cotangent of the bfloat16 rival and the gradient.
   np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(want, np.float32),
                              rtol=2 * rtol, atol=1e-7)
+
+
+def test_row_sum_apart_is_the_row_sum_with_its_derivatives(rng):
+  values = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
+  weights = jnp.asarray(rng.uniform(0.5, 2.0, size=(1, 6)), jnp.float32)
+  np.testing.assert_allclose(_softmax.row_sum_apart(values), values.sum(-1), rtol=1e-6)
+  np.testing.assert_allclose(_softmax.row_sum_apart(values, weights), (values * weights).sum(-1),
+                             rtol=1e-6)
+  check_grads(_softmax.row_sum_apart, (values, weights), order=2, modes=("fwd", "rev"))
+  check_grads(_softmax.row_sum_apart, (values,), order=2, modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "label_smoothing", "focal", "poly1", "gce",
+                                  "mae"])
+def test_softmax_losses_bfloat16_gradient_takes_no_float32_logits_sized_buffer(name):
+  """bfloat16 value_and_grad: neither the float32 conversion of the logits nor
+  their float32 exponentials are written out between the passes (XLA merged
+  them: the log-normaliser's with its derivative's, the label smoothing sum's
+  with both), so the scratch is far below one float32 copy of the logits."""
+  from lossjax import losses
+  spec = losses.spec(name)
+  mean = lambda z, y: jnp.mean(spec.bind()(z, y))
+  logits, labels = jnp.zeros((256, 1000), jnp.bfloat16), jnp.zeros(256, jnp.int32)
+  compiled = jax.jit(jax.value_and_grad(mean)).lower(logits, labels).compile()
+  assert compiled.memory_analysis().temp_size_in_bytes < 256 * 1000 * 4 // 8

@@ -24,27 +24,14 @@ def _uniform_target_term(batch, log_norm: Array, class_weights: Array | None) ->
     # The two terms cancel to within the logits' offset times float32's
     # rounding, as L - z_c does: L itself is rounded at the offset's scale.
     if class_weights is None:
-      return batch.num_classes * log_norm - jnp.sum(_apart_logits(batch), axis=-1)
+      return batch.num_classes * log_norm - _softmax.row_sum_apart(batch.stored)
     weights = _prepare.along_last_axis(class_weights, batch.logits.ndim)
-    return log_norm * jnp.sum(class_weights) - jnp.sum(_apart_logits(batch) * weights, axis=-1)
+    return log_norm * jnp.sum(class_weights) - _softmax.row_sum_apart(batch.stored, weights)
   # -log p_c = logsumexp(z) - z_c, summed elementwise so no large terms cancel.
   neg_log_probs = log_norm[..., None] - batch.logits
   if class_weights is not None:
     neg_log_probs = neg_log_probs * _prepare.along_last_axis(class_weights, batch.logits.ndim)
   return jnp.sum(_prepare.over_kept(batch, neg_log_probs), axis=-1)
-
-
-def _apart_logits(batch) -> Array:
-  """The logits in the compute dtype, converted apart from the log-normaliser's
-  conversion (from behind an optimization barrier, which costs nothing).
-
-  XLA merges two equal conversions of bfloat16 logits to float32, and XLA:CPU
-  then writes the one shared conversion out for the two row sums that read it
-  (262 MB a call at (65536, 1000)); converted twice, each sum reads the
-  stored logits in its own pass (see docs/measurement.md). For float32
-  logits both are the logits themselves."""
-  logits = jax.lax.optimization_barrier(batch.stored)
-  return logits.astype(batch.logits.dtype)
 
 
 def _target_sum(targets: Array, neg_log_probs: Array) -> Array:
