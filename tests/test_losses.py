@@ -286,3 +286,26 @@ def test_brier_derivatives_match_the_elementwise_form(offset):
                                rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(jax.hessian(ours)(logits), jax.hessian(theirs)(logits),
                                rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("spread", [10.0, 50.0, 100.0])  # 50, 100: past exp(2 (z - z_y))'s range
+def test_brier_shifted_by_the_true_logit_or_the_max_matches_float64(spread):
+  """Brier's sums are taken relative to the true class's logit; where a row's
+  squares overflow that way (a logit more than ~44 above it, float32) the
+  batch takes the row max: both give the float64 numbers and gradients."""
+  rng = np.random.default_rng(4)
+  logits = rng.normal(size=(5, 7)).astype(np.float32)
+  logits[2, 4] += spread  # row 2's label (0) lies `spread` below its max
+  labels = jnp.array([0, 1, 0, 6, 3])
+  elementwise = lambda z: jnp.sum(
+      jnp.square(jax.nn.softmax(z, axis=-1) - jax.nn.one_hot(labels, 7, dtype=z.dtype)), -1)
+  got = losses.brier_loss(jnp.asarray(logits), labels)
+  grad = jax.grad(lambda z: losses.brier_loss(z, labels).sum())(jnp.asarray(logits))
+  with jax.enable_x64(True):
+    wide = jnp.asarray(logits, jnp.float64)
+    np.testing.assert_allclose(got, elementwise(wide), rtol=1e-6, atol=1e-7)
+    # The max's entry, 2 p (p - (sum p^2 - p_y)) with p and sum p^2 near 1,
+    # cancels: a few float32 ulps of 1 (the row max as shift: 1.0e-7, the
+    # true logit 10 below it: 2.2e-7).
+    np.testing.assert_allclose(grad, jax.grad(lambda z: elementwise(z).sum())(wide),
+                               rtol=1e-5, atol=4 * np.finfo(np.float32).eps)

@@ -113,21 +113,37 @@ def brier_loss(logits, labels, *, axis: int = -1, where=None) -> Array:
 
 
 def _brier_terms(stored: Array, labels: Array):
-  """Each row's max m, sum_c exp(z_c - m), log p_y and sum_c p_c^2.
+  """Each row's shift c, sum_c exp(z_c - c), log p_y and sum_c p_c^2.
 
-  Relative to the row max, not the log-normaliser l: exp(z - l) is off by
-  l's rounding, ~|l| ulps (6e-6 relative for logits near 100), where
-  exp(z - m) / s is not. sum_c p_c^2 = sum_c exp(2 (z_c - m)) / s^2 is one
-  more exp-and-sum pass; it reads the stored logits afresh
-  (`_softmax.read_again`), so that bfloat16 logits are converted inside each
-  pass, not written out once in float32 for both (docs/measurement.md)."""
-  top = _softmax.compute(jax.lax.stop_gradient(jnp.max(stored, axis=-1, keepdims=True)))
-  sums = _softmax.apart(jnp.sum(jnp.exp(_softmax.compute(stored) - top), axis=-1))
-  again, again_top = _softmax.read_again((stored, top))
-  squares = _softmax.apart(jnp.sum(jnp.exp(2.0 * (_softmax.compute(again) - again_top)), axis=-1))
+  The shift is the true class's logit (as the softmax losses'
+  `_softmax.shifted_log_normalizer`: no pass for a row max); where a sum
+  overflows (a logit more than ~44 above it, as the squares double the
+  exponent) the whole batch takes the row max instead (`lax.cond`). Either
+  is a stored logit, exact in float32, so exp(z - c) / s carries no more
+  rounding than the softmax itself (relative to the log-normaliser l, exp(z
+  - l) is off by l's rounding, ~|l| ulps: 6e-6 relative for logits near 100).
+  sum_c p_c^2 = sum_c exp(2 (z_c - c)) / s^2 is one more exp-and-sum pass; it
+  reads the stored logits afresh (`_softmax.read_again`), so that bfloat16
+  logits are converted inside each pass, not written out once in float32 for
+  both (docs/measurement.md)."""
+  true_logit = _softmax.take_class(stored, labels)
+
+  def relative_to(shift):
+    sums = _softmax.apart(jnp.sum(jnp.exp(_softmax.compute(stored) - shift), axis=-1))
+    again, again_shift = _softmax.read_again((stored, shift))
+    squares = _softmax.apart(
+        jnp.sum(jnp.exp(2.0 * (_softmax.compute(again) - again_shift)), axis=-1))
+    return shift, sums, squares
+
+  fast = relative_to(_softmax.compute(true_logit)[..., None])
+  _, sums, squares = fast
+  shift, sums, squares = jax.lax.cond(
+      jnp.all(jnp.isfinite(squares) & jnp.isfinite(sums * sums)), lambda: fast,
+      lambda: relative_to(_softmax.compute(
+          jax.lax.stop_gradient(jnp.max(stored, axis=-1, keepdims=True)))))
   squares = squares / jnp.square(sums)
-  log_p_y = _softmax.compute(_softmax.take_class(stored, labels)) - top[..., 0] - jnp.log(sums)
-  return top, sums, log_p_y, squares
+  log_p_y = _softmax.compute(true_logit) - shift[..., 0] - jnp.log(sums)
+  return shift, sums, log_p_y, squares
 
 
 def _brier_value(log_p_y: Array, squares: Array) -> Array:
@@ -150,10 +166,10 @@ def _brier_jvp(primals, tangents):
   # expression of the tangent, so that the gradient of two-byte logits is
   # rounded to their dtype once, at the end.
   (stored, labels), (d_stored, _) = primals, tangents  # labels: no tangent
-  top, sums, log_p_y, squares = _brier_terms(stored, labels)
+  shift, sums, log_p_y, squares = _brier_terms(stored, labels)
   p_y = jnp.exp(log_p_y)[..., None]
-  again, again_top = _softmax.read_again((stored, top), 2)
-  probs = jnp.exp(_softmax.compute(again) - again_top) / sums[..., None]
+  again, again_shift = _softmax.read_again((stored, shift), 2)
+  probs = jnp.exp(_softmax.compute(again) - again_shift) / sums[..., None]
   hit = jnp.where(_softmax._is_class(stored.shape, labels), p_y, 0.0)
   weights = 2.0 * (probs * (probs - (squares[..., None] - p_y)) - hit)
   return _brier_value(log_p_y, squares), jnp.sum(weights * _softmax.compute(d_stored), axis=-1)
