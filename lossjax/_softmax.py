@@ -110,9 +110,10 @@ def log_normalizer(logits: Array, *, shift: Array | None = None,
   (the dtype of `compute(logits)`).
 
   `shift`, optional, `[...]`: one of each row's own logits (the true class's,
-  say), in the logits' dtype. The exponentials are then taken relative to it
-  in one pass over the logits (`shifted_log_normalizer`) instead of relative
-  to the row max, which costs a pass of its own on XLA:CPU.
+  say), in the logits' dtype. On CPU the exponentials are then taken relative
+  to it in one pass over the logits (`shifted_log_normalizer`) instead of
+  relative to the row max, which costs XLA:CPU a pass of its own; other
+  backends ignore it.
 
   The formulation is chosen per backend when the program is lowered
   (``jax.lax.platform_dependent``); `platform` ('cpu' or 'default') forces
@@ -120,8 +121,13 @@ def log_normalizer(logits: Array, *, shift: Array | None = None,
   """
   if logits.shape[-1] == 0:  # no classes: log 0 (a sum over them is then empty, 0)
     return jnp.full(logits.shape[:-1], -jnp.inf, compute(logits).dtype)
-  if shift is not None:
-    return shifted_log_normalizer(logits, shift)
+  if shift is not None and platform in (None, "cpu"):
+    if platform == "cpu":
+      return shifted_log_normalizer(logits, shift)
+    # XLA:CPU only: elsewhere the max and the sum fuse into one kernel anyway,
+    # and a conditional can cost a device-to-host sync (GPU).
+    return jax.lax.platform_dependent(logits, shift, cpu=shifted_log_normalizer,
+                                      default=lambda z, _: log_normalizer(z))
   # log sum_j exp(z_j) = m + log sum_j exp(z_j - m) for any m; m = max keeps
   # every exponent <= 0 so nothing overflows, and one term is exactly 1. The
   # max is taken in the logits' own dtype (exact), the rest in float32.

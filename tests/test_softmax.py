@@ -31,6 +31,9 @@ def test_shifted_log_normalizer_matches_scipy_with_any_row_logit_as_shift(dtype,
     got = jax.jit(_softmax.log_normalizer)(logits, shift=shift)
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    for platform in ("cpu", "default"):  # the default backends' path ignores the shift
+      np.testing.assert_allclose(_softmax.log_normalizer(logits, shift=shift, platform=platform),
+                                 want, rtol=1e-6, atol=1e-6)
     grad = jax.grad(lambda z: _softmax.log_normalizer(z, shift=shift).sum())(logits)
     assert grad.dtype == dtype
     np.testing.assert_allclose(np.asarray(grad, np.float64),

@@ -115,8 +115,9 @@ def brier_loss(logits, labels, *, axis: int = -1, where=None) -> Array:
 def _brier_terms(stored: Array, labels: Array):
   """Each row's shift c, sum_c exp(z_c - c), log p_y and sum_c p_c^2.
 
-  The shift is the true class's logit (as the softmax losses'
-  `_softmax.shifted_log_normalizer`: no pass for a row max); where a sum
+  On CPU the shift is the true class's logit (as the softmax losses'
+  `_softmax.shifted_log_normalizer`: no pass for a row max; elsewhere the row
+  max, which fuses into the sum there); where a sum
   overflows (a logit more than ~44 above it, as the squares double the
   exponent) the whole batch takes the row max instead (`lax.cond`). Either
   is a stored logit, exact in float32, so exp(z - c) / s carries no more
@@ -135,12 +136,17 @@ def _brier_terms(stored: Array, labels: Array):
         jnp.sum(jnp.exp(2.0 * (_softmax.compute(again) - again_shift)), axis=-1))
     return shift, sums, squares
 
-  fast = relative_to(_softmax.compute(true_logit)[..., None])
-  _, sums, squares = fast
-  shift, sums, squares = jax.lax.cond(
-      jnp.all(jnp.isfinite(squares) & jnp.isfinite(sums * sums)), lambda: fast,
-      lambda: relative_to(_softmax.compute(
-          jax.lax.stop_gradient(jnp.max(stored, axis=-1, keepdims=True)))))
+  by_max = lambda: relative_to(_softmax.compute(
+      jax.lax.stop_gradient(jnp.max(stored, axis=-1, keepdims=True))))
+
+  def by_true_logit():
+    fast = relative_to(_softmax.compute(true_logit)[..., None])
+    _, sums, squares = fast
+    return jax.lax.cond(jnp.all(jnp.isfinite(squares) & jnp.isfinite(sums * sums)),
+                        lambda: fast, by_max)
+
+  # The true logit on CPU only, as `_softmax.log_normalizer`'s shift.
+  shift, sums, squares = jax.lax.platform_dependent(cpu=by_true_logit, default=by_max)
   squares = squares / jnp.square(sums)
   log_p_y = _softmax.compute(true_logit) - shift[..., 0] - jnp.log(sums)
   return shift, sums, log_p_y, squares
