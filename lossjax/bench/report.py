@@ -123,9 +123,11 @@ FLOOR_NOTE = ("÷ floor: lossjax's time over the least arithmetic its formula ne
               "(each floor is also timed alone, `test_loss_floor`, in the JSON): a read of the "
               "logits and "
               "labels for losses without transcendental functions (`read`; `binary_read` for "
-              "the binary ones, whose labels are as many as their logits), the row max, exponentials and row "
-              "sums for softmax losses (the faster of a plain program and lossjax's "
-              "log-normaliser), an elementwise softplus for sigmoid losses; for value_and_grad "
+              "the binary ones, whose labels are as many as their logits), exponentials "
+              "relative to a per-row shift and row sums for softmax losses (the fastest of a "
+              "plain program shifted by the row max, one shifted by the true class's logit, "
+              "and lossjax's log-normaliser), an elementwise softplus for sigmoid losses; for "
+              "value_and_grad "
               "plus the write of a fresh logits-sized gradient (`test_gradient_write_floor`), "
               "page faults included: every call's gradient is a fresh buffer.")
 
