@@ -9,7 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 import lossjax
-from lossjax import losses
+from lossjax import _softmax, losses
 from tests import reference
 
 MULTICLASS = losses.names("multiclass")
@@ -289,10 +289,11 @@ def test_brier_derivatives_match_the_elementwise_form(offset):
 
 
 @pytest.mark.parametrize("spread", [10.0, 50.0, 100.0])  # 50, 100: past exp(2 (z - z_y))'s range
-def test_brier_shifted_by_the_true_logit_or_the_max_matches_float64(spread):
+def test_brier_shifted_by_the_true_logit_or_the_max_matches_float64(spread, monkeypatch):
   """Brier's sums are taken relative to the true class's logit; where a row's
   squares overflow that way (a logit more than ~44 above it, float32) the
   batch takes the row max: both give the float64 numbers and gradients."""
+  monkeypatch.setattr(_softmax, "SHIFT_FROM_LOGITS", 0)  # small logits take the shift too
   rng = np.random.default_rng(4)
   logits = rng.normal(size=(5, 7)).astype(np.float32)
   logits[2, 4] += spread  # row 2's label (0) lies `spread` below its max

@@ -22,7 +22,9 @@ def test_log_normalizer_matches_scipy(platform, scale, rng):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])  # 1e4: sums overflow, the max's path
-def test_shifted_log_normalizer_matches_scipy_with_any_row_logit_as_shift(dtype, scale, rng):
+def test_shifted_log_normalizer_matches_scipy_with_any_row_logit_as_shift(dtype, scale, rng,
+                                                                         monkeypatch):
+  monkeypatch.setattr(_softmax, "SHIFT_FROM_LOGITS", 0)  # small logits take the shift too
   logits = jnp.asarray(rng.normal(scale=scale, size=(64, 33)), dtype)
   wide = np.asarray(logits, np.float64)
   want = logsumexp(wide, axis=-1)
@@ -43,7 +45,8 @@ def test_shifted_log_normalizer_matches_scipy_with_any_row_logit_as_shift(dtype,
   np.testing.assert_allclose(per_row, want, rtol=1e-6, atol=1e-6)
 
 
-def test_shifted_log_normalizer_derivatives_to_second_order(rng):
+def test_shifted_log_normalizer_derivatives_to_second_order(rng, monkeypatch):
+  monkeypatch.setattr(_softmax, "SHIFT_FROM_LOGITS", 0)
   logits = jnp.asarray(rng.normal(scale=3.0, size=(5, 9)), jnp.float32)
   for shift_column in (0, 4):
     fn = lambda z: _softmax.log_normalizer(z, shift=jax.lax.stop_gradient(z[:, shift_column]))
@@ -55,11 +58,24 @@ def test_shifted_log_normalizer_derivatives_to_second_order(rng):
   np.testing.assert_allclose(unstopped, jax.nn.softmax(logits), rtol=1e-5, atol=1e-7)
 
 
-def test_shifted_log_normalizer_keeps_infinities(rng):
+def test_shifted_log_normalizer_keeps_infinities(monkeypatch):
+  monkeypatch.setattr(_softmax, "SHIFT_FROM_LOGITS", 0)
   logits = jnp.asarray([[0.0, -jnp.inf, 1.0], [-jnp.inf, -jnp.inf, 2.0], [0.0, 1.0, 2.0]])
   got = _softmax.log_normalizer(logits, shift=logits[:, 1])  # a shift of -inf: the max's path
   np.testing.assert_allclose(got, [np.log(1 + np.e), 2.0, logsumexp([0.0, 1.0, 2.0])],
                              rtol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [8, _softmax.SHIFT_FROM_LOGITS // 64])
+def test_shift_is_taken_on_cpu_from_enough_logits(rows):
+  """The shift's overflow check (and its conditional) is in the CPU program
+  only from SHIFT_FROM_LOGITS logits on, and never in a GPU one."""
+  logits, shift = jnp.zeros((rows, 64)), jnp.zeros(rows)
+  lower = lambda platform: jax.jit(
+      lambda z, s: _softmax.log_normalizer(z, shift=s)).trace(logits, shift).lower(
+          lowering_platforms=(platform,)).as_text()
+  assert ("is_finite" in lower("cpu")) == (rows * 64 >= _softmax.SHIFT_FROM_LOGITS)
+  assert "is_finite" not in lower("cuda")
 
 
 def test_cpu_formulation_is_chosen_when_lowering_for_cpu():
@@ -164,6 +180,7 @@ def test_softmax_losses_bfloat16_gradient_takes_no_float32_logits_sized_buffer(n
   from lossjax import losses
   spec = losses.spec(name)
   mean = lambda z, y: jnp.mean(spec.bind()(z, y))
-  logits, labels = jnp.zeros((256, 1000), jnp.bfloat16), jnp.zeros(256, jnp.int32)
+  shape = (512, 1000)  # past SHIFT_FROM_LOGITS
+  logits, labels = jnp.zeros(shape, jnp.bfloat16), jnp.zeros(shape[0], jnp.int32)
   compiled = jax.jit(jax.value_and_grad(mean)).lower(logits, labels).compile()
-  assert compiled.memory_analysis().temp_size_in_bytes < 256 * 1000 * 4 // 8
+  assert compiled.memory_analysis().temp_size_in_bytes < shape[0] * shape[1] * 4 // 8

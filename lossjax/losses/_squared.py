@@ -116,8 +116,8 @@ def _brier_terms(stored: Array, labels: Array):
   """Each row's shift c, sum_c exp(z_c - c), log p_y and sum_c p_c^2.
 
   On CPU the shift is the true class's logit (as the softmax losses'
-  `_softmax.shifted_log_normalizer`: no pass for a row max; elsewhere the row
-  max, which fuses into the sum there); where a sum
+  `_softmax.shifted_log_normalizer`: no pass for a row max; elsewhere, and
+  below `_softmax.SHIFT_FROM_LOGITS` logits, the row max); where a sum
   overflows (a logit more than ~44 above it, as the squares double the
   exponent) the whole batch takes the row max instead (`lax.cond`). Either
   is a stored logit, exact in float32, so exp(z - c) / s carries no more
@@ -146,7 +146,10 @@ def _brier_terms(stored: Array, labels: Array):
                         lambda: fast, by_max)
 
   # The true logit on CPU only, as `_softmax.log_normalizer`'s shift.
-  shift, sums, squares = jax.lax.platform_dependent(cpu=by_true_logit, default=by_max)
+  if not _softmax.shift_pays(stored):
+    shift, sums, squares = by_max()
+  else:
+    shift, sums, squares = jax.lax.platform_dependent(cpu=by_true_logit, default=by_max)
   squares = squares / jnp.square(sums)
   log_p_y = _softmax.compute(true_logit) - shift[..., 0] - jnp.log(sums)
   return shift, sums, log_p_y, squares
