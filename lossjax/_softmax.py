@@ -5,10 +5,9 @@ last axis. `log_normalizer` and `take_class` also take bfloat16/float16
 logits as they are stored: on XLA:CPU a row max or a gather over logits
 converted to float32 makes the program write the whole converted array out
 first (a logits-sized float32 buffer, 64,002 fresh pages at (65536, 1000)),
-where the same reduction over the stored logits reads them once (bfloat16
-forward of the mean cross-entropy at (65536, 1000) on 2 CPU cores: 74 ms
-against 33 ms, measured alternately). A max and a pick are exact in any
-dtype, so only the exponentials need the wider one.
+where the same reduction over the stored logits reads them once (the
+measurements behind this module's choices: docs/measurement.md). A max and a
+pick are exact in any dtype, so only the exponentials need the wider one.
 """
 
 from __future__ import annotations
@@ -30,9 +29,8 @@ def _row_sums_materialized(sums: Array) -> Array:
   """Marks the row sums with a no-op rounding so that XLA:CPU keeps them apart.
 
   On CPU, XLA fuses max, exp-and-sum *and* the log that follows into one
-  kernel that runs ~3x slower than the exp-and-sum alone (measured at
-  (65536, 1000) float32: 100 ms vs 30 ms); that kernel also takes a
-  logits-sized buffer of fresh pages every call (64,002 page faults there).
+  kernel that runs several times slower than the exp-and-sum alone, and
+  takes a logits-sized buffer of fresh pages every call (docs/measurement.md).
   Rounding to the dtype's own precision changes no bit but is not fused
   into that kernel.
   """
@@ -145,9 +143,8 @@ def log_normalizer(logits: Array, *, shift: Array | None = None,
 
 
 # From this many logits on, a shift by one of each row's logits pays for its
-# conditional on CPU: the max's pass it saves costs ~0.14 ns a logit there,
-# the conditional ~20 us a call (cross-entropy forward at 128x10: 0.045
-# against 0.025 ms with the max, measured alternately).
+# conditional on CPU: below, the conditional's fixed cost a call outweighs the
+# max's pass it saves (docs/measurement.md).
 SHIFT_FROM_LOGITS = 1 << 18
 
 
@@ -213,8 +210,7 @@ def row_max(values: Array) -> Array:
   The derivative's indicator of the maxima is arithmetic, 1 - min((m - z) /
   tiny, 1), not jnp.max's compare: XLA:CPU computes it inside the pass that
   uses it, where the compare's indicator is first written out as a
-  logits-sized array (multiclass perceptron value_and_grad at (65536, 1000)
-  float32: 265 -> 138 ms, measured alternately). It is exact wherever m - z
+  logits-sized array (docs/measurement.md). It is exact wherever m - z
   is 0 or at least the smallest normal number (always, as XLA:CPU flushes
   smaller differences to 0).
   """

@@ -63,8 +63,7 @@ def mean_squared_error_logits(logits, labels, *, k=1.0, m=1.0,
   batch = _prepare.integer_label_batch(logits, labels, axis, where)
   # sum_c z_c^2 - z_y^2 + k (z_y - M)^2: a plain sum of squares and the picked
   # logit. On XLA:CPU a row sum with a per-row select inside (z_y's own term
-  # swapped) does not vectorise: 145 ms against 28 ms at (65536, 1000) float32,
-  # a read of the logits 24 ms, measured alternately. Subtracting z_y^2 back
+  # swapped) does not vectorise (docs/measurement.md). Subtracting z_y^2 back
   # loses at most a rounding of the whole sum, which the loss is of the order of.
   true_logit = batch.true_logit()
   squares = _sum_of_squares(batch.stored)
