@@ -126,7 +126,10 @@ FLOOR_NOTE = ("÷ floor: lossjax's time over the least arithmetic its formula ne
               "the binary ones, whose labels are as many as their logits), exponentials "
               "relative to a per-row shift and row sums for softmax losses (the fastest of a "
               "plain program shifted by the row max, one shifted by the true class's logit, "
-              "and lossjax's log-normaliser), an elementwise softplus for sigmoid losses; for "
+              "and lossjax's log-normaliser), an elementwise softplus for sigmoid losses "
+              "(`sigmoid`; `sigmoid_focal` adds the exponential of focal's (1 - p_t)^gamma), "
+              "and for sparsemax (`threshold`) the row max and one pass of relu(z - tau)^2 at "
+              "a per-row threshold, the least any exact algorithm does once it knows tau; for "
               "value_and_grad "
               "plus the write of a fresh logits-sized gradient (`test_gradient_write_floor`), "
               "page faults included: every call's gradient is a fresh buffer.")

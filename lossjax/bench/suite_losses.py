@@ -17,7 +17,7 @@ import pytest
 from lossjax import _sigmoid
 from lossjax import _softmax
 from lossjax import losses
-from lossjax.losses import _binary
+from lossjax.losses import _binary, _sparsemax
 from lossjax.bench._timing import (affordable_rounds, device_facts, interleaved_medians,
                                    loss_dtypes, loss_program, loss_shapes, median_seconds,
                                    pedantic, random_inputs, skip_if_too_big)
@@ -58,13 +58,28 @@ def _labels_read(y):
 
 
 def _floor_programs(kind: str) -> dict:
+  f32 = lambda z: z.astype(jnp.float32)
   if kind in ("read", "binary_read"):
     return {"read": lambda z, y: jnp.sum(z, dtype=jnp.float32) + _labels_read(y)}
   if kind == "sigmoid":
-    f32 = lambda z: z.astype(jnp.float32)
     return {"jax_softplus": lambda z, y: jnp.sum(jax.nn.softplus(f32(z))) + _labels_read(y),
             "lossjax_softplus": lambda z, y: -jnp.sum(_sigmoid.log_sigmoids(f32(z))[1])
                                              + _labels_read(y)}
+  if kind == "sigmoid_focal":
+    # Focal's (1 - p_t)^gamma is exp(gamma log(1 - p_t)): one exponential more
+    # than the softplus that gives both log p_t and log(1 - p_t).
+    def focal(z, y):
+      log_p, log_q = _sigmoid.log_sigmoids(f32(z))
+      return -jnp.sum(jnp.exp(2.0 * log_q) * log_p) + _labels_read(y)
+    return {"softplus_and_exp": focal}
+  if kind == "threshold":
+    # Sparsemax's least work with its threshold tau known: the row max that
+    # bounds tau (tau >= max - 1) and one pass of relu(z - tau)^2 (||p||^2);
+    # finding tau takes more (Michelot's rounds), so this is a lower bound.
+    def threshold(z, y):
+      tau = jnp.max(z, axis=-1, keepdims=True).astype(jnp.float32) - 0.5
+      return jnp.sum(jnp.square(jnp.maximum(f32(z) - tau, 0.0))) + _labels_read(y)
+    return {"max_and_relu_squares": threshold}
   def naive(z, y):
     # The max over the logits as stored: a max over converted bfloat16 logits
     # first writes the conversion out (see docs/measurement.md).
@@ -79,16 +94,20 @@ def _floor_programs(kind: str) -> dict:
       _softmax.log_normalizer(z)) + _labels_read(y)}
 
 
-FLOOR_KINDS = ("read", "softmax", "sigmoid", "binary_read")
+FLOOR_KINDS = ("read", "softmax", "sigmoid", "sigmoid_focal", "threshold", "binary_read")
+BINARY_FLOOR_KINDS = ("sigmoid", "sigmoid_focal", "binary_read")
 
 
 def floor_kind(name: str) -> str:
   """Which floor a registered loss is held to: the cheapest arithmetic its
   formula cannot do without (a user's loss, unknown, to the read)."""
   spec = losses.spec(name)
-  if spec.fn is _binary.sigmoid_binary_cross_entropy or spec.fn is _binary.sigmoid_focal_loss \
-      or spec.fn is _binary.sigmoid_squared_error:
+  if spec.fn is _binary.sigmoid_focal_loss:
+    return "sigmoid_focal"
+  if spec.fn is _binary.sigmoid_binary_cross_entropy or spec.fn is _binary.sigmoid_squared_error:
     return "sigmoid"
+  if spec.fn is _sparsemax.multiclass_sparsemax_loss:
+    return "threshold"
   if spec.kind == "multiclass" and (spec.log_normalizer or name == "brier"):
     return "softmax"
   return "read" if spec.kind == "multiclass" else "binary_read"
@@ -96,7 +115,7 @@ def floor_kind(name: str) -> str:
 
 def _floor_inputs(shape, dtype, kind):
   # The binary losses see B*C logits (and labels) in one axis, as their benchmarks do.
-  return _inputs(shape, dtype, "binary" if kind in ("sigmoid", "binary_read") else "multiclass")
+  return _inputs(shape, dtype, "binary" if kind in BINARY_FLOOR_KINDS else "multiclass")
 
 
 # optax's multiclass sparsemax sorts every row: seconds a call at 65536x1000,
