@@ -7,7 +7,7 @@ import pytest
 from jax.test_util import check_grads
 from scipy.special import logsumexp
 
-from lossjax import _softmax
+from lossjax import _softmax, losses
 
 
 @pytest.mark.parametrize("platform", ["cpu", "default", None])
@@ -50,8 +50,7 @@ def test_shifted_log_normalizer_derivatives_to_second_order(rng, monkeypatch):
   logits = jnp.asarray(rng.normal(scale=3.0, size=(5, 9)), jnp.float32)
   for shift_column in (0, 4):
     fn = lambda z: _softmax.log_normalizer(z, shift=jax.lax.stop_gradient(z[:, shift_column]))
-    check_grads(fn, (logits,), order=2, modes=("fwd", "rev"), eps=1e-2,
-                              atol=2e-2, rtol=2e-2)
+    check_grads(fn, (logits,), order=2, modes=("fwd", "rev"), eps=1e-2, atol=2e-2, rtol=2e-2)
   # With the shift taken from the logits themselves (not stopped), the same
   # derivative: the value does not depend on the shift.
   unstopped = jax.grad(lambda z: _softmax.log_normalizer(z, shift=z[:, 2]).sum())(logits)
@@ -177,7 +176,6 @@ def test_softmax_losses_bfloat16_gradient_takes_no_float32_logits_sized_buffer(n
   their float32 exponentials are written out between the passes (XLA merged
   them: the log-normaliser's with its derivative's, the label smoothing sum's
   with both), so the scratch is far below one float32 copy of the logits."""
-  from lossjax import losses
   spec = losses.spec(name)
   mean = lambda z, y: jnp.mean(spec.bind()(z, y))
   shape = (512, 1000)  # past SHIFT_FROM_LOGITS

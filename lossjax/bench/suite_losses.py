@@ -49,10 +49,9 @@ def _optax_fn(spec):
 # softmax loss also takes an exponential per logit relative to a per-row
 # shift that keeps it finite (the row max, or one of the row's logits) and
 # row sums; a sigmoid loss a softplus (an exp and a log1p) per logit. Each floor
-# is the fastest of its formulations, measured in the same test: on XLA:CPU
-# the plain max/exp/sum program is slower than lossjax's own log-normaliser
-# (see lossjax/_softmax.py), and jax.nn.softplus slower than lossjax's
-# (lossjax/_sigmoid.py); a floor slower than the loss would be no floor.
+# is the fastest of its formulations, measured in the same test: which one
+# that is depends on the backend, the dtype and the JAX version
+# (docs/measurement.md), and a floor slower than the loss would be no floor.
 def _labels_read(y):
   return jnp.sum(y).astype(jnp.float32)
 
