@@ -119,13 +119,11 @@ def log_normalizer(logits: Array, *, shift: Array | None = None,
   """
   if logits.shape[-1] == 0:  # no classes: log 0 (a sum over them is then empty, 0)
     return jnp.full(logits.shape[:-1], -jnp.inf, compute(logits).dtype)
-  if shift is not None and platform in (None, "cpu") and shift_pays(logits):
-    if platform == "cpu":
-      return shifted_log_normalizer(logits, shift)
-    # XLA:CPU only: elsewhere the max and the sum fuse into one kernel anyway,
-    # and a conditional can cost a device-to-host sync (GPU).
-    return jax.lax.platform_dependent(logits, shift, cpu=shifted_log_normalizer,
-                                      default=lambda z, _: log_normalizer(z))
+  if shift is not None and platform == "cpu" and shift_pays(logits):
+    return shifted_log_normalizer(logits, shift)
+  if shift is not None and platform is None:
+    return shifted_where_it_pays(logits, lambda: shifted_log_normalizer(logits, shift),
+                                 lambda: log_normalizer(logits))
   # log sum_j exp(z_j) = m + log sum_j exp(z_j - m) for any m; m = max keeps
   # every exponent <= 0 so nothing overflows, and one term is exactly 1. The
   # max is taken in the logits' own dtype (exact), the rest in float32.
@@ -151,6 +149,17 @@ SHIFT_FROM_LOGITS = 1 << 18
 def shift_pays(logits: Array) -> bool:
   """Whether `logits` are many enough for `shifted_log_normalizer` (static)."""
   return logits.size >= SHIFT_FROM_LOGITS
+
+
+def shifted_where_it_pays(logits: Array, shifted, by_max):
+  """`shifted()`, sums relative to one of each row's logits, where the program
+  is lowered for CPU and `logits` has `SHIFT_FROM_LOGITS` or more entries;
+  `by_max()`, relative to the row max, elsewhere. XLA:CPU only: other
+  backends fuse the max into the sum's kernel anyway, and a conditional (the
+  shift's fallback) can cost a device-to-host sync (GPU)."""
+  if not shift_pays(logits):
+    return by_max()
+  return jax.lax.platform_dependent(cpu=shifted, default=by_max)
 
 
 @jax.custom_jvp

@@ -144,11 +144,7 @@ def _brier_terms(stored: Array, labels: Array):
     return jax.lax.cond(jnp.all(jnp.isfinite(squares) & jnp.isfinite(sums * sums)),
                         lambda: fast, by_max)
 
-  # The true logit on CPU only, as `_softmax.log_normalizer`'s shift.
-  if not _softmax.shift_pays(stored):
-    shift, sums, squares = by_max()
-  else:
-    shift, sums, squares = jax.lax.platform_dependent(cpu=by_true_logit, default=by_max)
+  shift, sums, squares = _softmax.shifted_where_it_pays(stored, by_true_logit, by_max)
   squares = squares / jnp.square(sums)
   log_p_y = _softmax.compute(true_logit) - shift[..., 0] - jnp.log(sums)
   return shift, sums, log_p_y, squares
