@@ -12,6 +12,8 @@ pick are exact in any dtype, so only the exponentials need the wider one.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -346,8 +348,51 @@ def _rival_max_jvp(primals, tangents):
 def true_class_log_prob(logits: Array, labels: Array) -> Array:
   """log softmax(logits)[label], without forming the full log-softmax, in
   float32 or wider (the log-normaliser shifted by the true class's logit)."""
+  true_logit, log_norm = class_statistics(logits, labels)
+  return true_logit - log_norm
+
+
+def class_statistics(logits: Array, labels: Array, row_sum: bool = False) -> tuple:
+  """The row statistics of the softmax losses with integer labels, in float32
+  or wider: ``(z[..., label], logsumexp(z))``, and ``sum_c z_c`` after them
+  if `row_sum`; `[..., C], [...] -> [...]` each.
+
+  For two-byte floats the three share one derivative (`_narrow_statistics`),
+  so that the gradient is one float32 expression rounded once to the logits'
+  dtype: each statistic's own derivative gives a bfloat16 cotangent, and the
+  sum of two or three of them costs XLA's gradient loop a rounding and two
+  conversions per logit (docs/measurement.md), and rounds the true class's
+  entry twice. Wider floats keep each statistic's own derivative: their
+  cotangents add without rounding, and the true logit's is a scatter into
+  the gradient, one value a row.
+  """
+  if logits.dtype.itemsize == 2 and jnp.issubdtype(logits.dtype, jnp.floating):
+    return _narrow_statistics(logits, labels, row_sum)
+  return _statistics(logits, labels, row_sum)
+
+
+def _statistics(logits: Array, labels: Array, row_sum: bool) -> tuple:
   true_logit = take_class(logits, labels)
-  return compute(true_logit) - log_normalizer(logits, shift=true_logit)
+  values = (compute(true_logit), log_normalizer(logits, shift=true_logit))
+  return values + (row_sum_apart(logits),) if row_sum else values
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _narrow_statistics(logits: Array, labels: Array, row_sum: bool) -> tuple:
+  return _statistics(logits, labels, row_sum)
+
+
+@_narrow_statistics.defjvp
+def _narrow_statistics_jvp(row_sum, primals, tangents):
+  # One float32 tangent of the logits that all three linear maps read: their
+  # transposes then add in float32, and one conversion rounds the sum.
+  (logits, labels), (d_logits, _) = primals, tangents
+  values = _narrow_statistics(logits, labels, row_sum)
+  d_wide = compute(d_logits)
+  probs = jnp.exp(compute(read_again(logits)) - values[1][..., None])
+  d_true = jnp.sum(jnp.where(_is_class(logits.shape, labels), d_wide, 0.0), axis=-1)
+  d_values = (d_true, jnp.sum(probs * d_wide, axis=-1))
+  return values, d_values + (jnp.sum(d_wide, axis=-1),) if row_sum else d_values
 
 
 def one_minus_prob(log_prob: Array) -> Array:

@@ -182,3 +182,54 @@ def test_softmax_losses_bfloat16_gradient_takes_no_float32_logits_sized_buffer(n
   logits, labels = jnp.zeros(shape, jnp.bfloat16), jnp.zeros(shape[0], jnp.int32)
   compiled = jax.jit(jax.value_and_grad(mean)).lower(logits, labels).compile()
   assert compiled.memory_analysis().temp_size_in_bytes < shape[0] * shape[1] * 4 // 8
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+def test_class_statistics_are_their_parts_with_their_derivatives(dtype, rng, monkeypatch):
+  monkeypatch.setattr(_softmax, "SHIFT_FROM_LOGITS", 0)  # small logits take the shift too
+  logits = jnp.asarray(rng.normal(scale=3.0, size=(16, 9)), dtype)
+  labels = jnp.asarray(rng.integers(0, 9, size=16))
+  true_logit, log_norm, row_sum = _softmax.class_statistics(logits, labels, row_sum=True)
+  wide = np.asarray(logits, np.float64)
+  np.testing.assert_array_equal(true_logit, wide[np.arange(16), labels])
+  np.testing.assert_allclose(log_norm, logsumexp(wide, axis=-1), rtol=1e-6)
+  np.testing.assert_allclose(row_sum, wide.sum(-1), rtol=1e-6)
+  # Any linear combination of the three: its gradient is the same
+  # combination of one-hot, softmax and ones, in float32 before rounding.
+  a, b, c = 0.7, -1.3, 0.05
+  combined = lambda z: sum(k * s for k, s in zip(
+      (a, b, c), _softmax.class_statistics(z, labels, row_sum=True))).sum()
+  got = jax.grad(combined)(logits)
+  assert got.dtype == dtype
+  want = (a * np.eye(9)[labels] + b * jax.nn.softmax(wide.astype(np.float32)) + c)
+  np.testing.assert_allclose(np.asarray(got, np.float32), want.astype(dtype).astype(np.float32),
+                             rtol=0, atol=float(np.abs(want).max()) * 2.0 ** -8)
+  hessian = jax.hessian(lambda z: _softmax.true_class_log_prob(z, labels)[0])(
+      logits.astype(jnp.float32) if dtype == jnp.float32 else logits)
+  p = jax.nn.softmax(wide[0].astype(np.float32))
+  np.testing.assert_allclose(np.asarray(hessian[0, :, 0, :], np.float32),
+                             -(np.diag(p) - np.outer(p, p)), atol=0.02)
+
+
+def _bfloat16_rounding_bound(wide: np.ndarray) -> np.ndarray:
+  """Half a bfloat16 ulp of each float32 value, and a few float32 ulps for the
+  order in which a gradient's terms are added."""
+  exponent = np.floor(np.log2(np.maximum(np.abs(wide), np.finfo(np.float32).tiny)))
+  return 2.0 ** (exponent - 8) + 4 * 2.0 ** (exponent - 23)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "label_smoothing", "focal", "poly1", "gce",
+                                  "mae"])
+def test_softmax_losses_bfloat16_gradient_is_the_float32_one_rounded_once(name, rng, monkeypatch):
+  """The bfloat16 gradient is the float32 gradient of the same logits, rounded
+  once: bfloat16 cotangents added in bfloat16 (each statistic's own
+  derivative) round twice, label smoothing's entries then cancel (errors of
+  several times the value where the softmax is near its uniform share)."""
+  monkeypatch.setattr(_softmax, "SHIFT_FROM_LOGITS", 0)
+  spec = losses.spec(name)
+  grad = jax.grad(lambda z, y: jnp.mean(spec.bind()(z, y)))
+  logits = jnp.asarray(rng.normal(scale=0.05, size=(64, 40)), jnp.bfloat16)
+  labels = jnp.asarray(rng.integers(0, 40, size=64))
+  narrow = np.asarray(grad(logits, labels), np.float64)
+  wide = np.asarray(grad(logits.astype(jnp.float32), labels), np.float64)
+  assert np.all(np.abs(narrow - wide) <= _bfloat16_rounding_bound(wide))

@@ -12,9 +12,11 @@ from lossjax.losses import _prepare
 Array = jax.Array
 
 
-def _uniform_target_term(batch, log_norm: Array, class_weights: Array | None) -> Array:
+def _uniform_target_term(batch, log_norm: Array, class_weights: Array | None,
+                         row_sum: Array | None = None) -> Array:
   """sum_c w_c (-log p_c) over the kept classes: cross-entropy against a
-  uniform target, times the number of classes."""
+  uniform target, times the number of classes (`row_sum`, sum_c z_c, if
+  given, from `_prepare.class_statistics`)."""
   if batch.keep is None:
     # sum_c w_c (L - z_c) = L sum_c w_c - sum_c w_c z_c: a sum of the logits, which
     # XLA:CPU reduces in the pass it reads them in, where L - z, formed
@@ -24,7 +26,9 @@ def _uniform_target_term(batch, log_norm: Array, class_weights: Array | None) ->
     # The two terms cancel to within the logits' offset times float32's
     # rounding, as L - z_c does: L itself is rounded at the offset's scale.
     if class_weights is None:
-      return batch.num_classes * log_norm - _softmax.row_sum_apart(batch.stored)
+      if row_sum is None:
+        row_sum = _softmax.row_sum_apart(batch.stored)
+      return batch.num_classes * log_norm - row_sum
     weights = _prepare.along_last_axis(class_weights, batch.logits.ndim)
     return log_norm * jnp.sum(class_weights) - _softmax.row_sum_apart(batch.stored, weights)
   # -log p_c = logsumexp(z) - z_c, summed elementwise so no large terms cancel.
@@ -87,12 +91,14 @@ def softmax_cross_entropy_with_integer_labels(
   _checks.check_in_range(label_smoothing, "label_smoothing", 0.0, 1.0)
   batch = _prepare.integer_label_batch(logits, labels, axis, where, per_logit=True)
   weights = _prepare.per_class(class_weights, batch, "class_weights")
-  log_norm = _prepare.log_normalizer(batch)
-  loss = log_norm - batch.true_logit()
+  smoothing = not _checks.is_static_zero(label_smoothing)
+  true_logit, log_norm, *row_sum = _prepare.class_statistics(
+      batch, row_sum=smoothing and weights is None and batch.keep is None)
+  loss = log_norm - true_logit
   if weights is not None:
     loss = loss * weights[batch.labels]
-  if not _checks.is_static_zero(label_smoothing):
-    uniform = _uniform_target_term(batch, log_norm, weights)
+  if smoothing:
+    uniform = _uniform_target_term(batch, log_norm, weights, *row_sum)
     loss = (1.0 - label_smoothing) * loss + (
         label_smoothing / _prepare.kept_count(batch)) * uniform
   return batch.finish(loss)
@@ -191,7 +197,8 @@ def poly_loss_cross_entropy(
                         and jnp.ndim(labels) == jnp.ndim(logits))
   if not probability_labels:
     batch = _prepare.integer_label_batch(logits, labels, axis, where, per_logit=True)
-    log_prob = batch.true_logit() - _prepare.log_normalizer(batch)
+    true_logit, log_norm = _prepare.class_statistics(batch)
+    log_prob = true_logit - log_norm
     return batch.finish(-log_prob + epsilon * _softmax.one_minus_prob(log_prob))
   batch = _prepare.probability_label_batch(logits, labels, axis, where, per_logit=True)
   log_norm = _prepare.log_normalizer(batch)

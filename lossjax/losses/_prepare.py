@@ -137,6 +137,17 @@ def log_normalizer(batch) -> Array:
   return _softmax.log_normalizer(batch.logits)
 
 
+def class_statistics(batch: IntegerLabelBatch, row_sum: bool = False) -> tuple:
+  """``(z[..., label], logsumexp over the kept classes)`` in the compute dtype,
+  and ``sum_c z_c`` over all classes after them if `row_sum`: without a
+  per-logit mask, `lossjax._softmax.class_statistics`, whose derivative for
+  bfloat16 logits is one expression, rounded once."""
+  if batch.keep is None:
+    return _softmax.class_statistics(batch.stored, batch.labels, row_sum)
+  values = (batch.true_logit(), log_normalizer(batch))
+  return values + (_softmax.row_sum_apart(batch.stored),) if row_sum else values
+
+
 def over_kept(batch, values: Array) -> Array:
   """`values` [..., C] with the masked-out logits' entries set to 0."""
   return values if batch.keep is None else jnp.where(batch.keep, values, 0.0)
