@@ -232,10 +232,44 @@ def row_max(values: Array) -> Array:
 def _row_max_jvp(primals, tangents):
   (values,), (d_values,) = primals, tangents
   top = row_max(values)
+  return top, _row_max_tangent(values, top, compute(d_values)).astype(top.dtype)
+
+
+def _row_max_tangent(values: Array, top: Array, d_wide: Array) -> Array:
+  """jnp.max's tangent, in the compute dtype, of the row maxima `top`."""
+  level = compute(top)
+  return jnp.sum(_indicator(values, level) * d_wide, axis=-1) / _count_equal(values, level)
+
+
+def _indicator(values: Array, level: Array, constants: tuple | None = None) -> Array:
+  """`[..., C]`, in the compute dtype: 1 where `values` equal their row's
+  `level` (`[...]`), else 0, as arithmetic, 1 - min(|level - z| / tiny, 1)
+  (see `row_max`); `constants`, (1, 1 / tiny), if given."""
   wide = compute(values)
-  at_top = 1.0 - jnp.minimum((compute(top)[..., None] - wide) / jnp.finfo(wide.dtype).tiny, 1.0)
-  share = jnp.sum(at_top * compute(d_values), axis=-1) / jnp.sum(at_top, axis=-1)
-  return top, share.astype(top.dtype)
+  one, scale = _indicator_constants(wide.dtype) if constants is None else constants
+  return one - jnp.minimum(jnp.abs(level[..., None] - wide) * scale, one)
+
+
+def _indicator_constants(dtype) -> tuple:
+  return jnp.asarray(1.0, dtype), jnp.asarray(1.0 / jnp.finfo(dtype).tiny, dtype)
+
+
+def _count_equal(values: Array, level: Array) -> Array:
+  """How many of each row's `values` equal its `level`, `[...]`.
+
+  For two-byte floats in a pass of its own: the indicator, its constants and
+  its inputs from behind a barrier, the count kept apart (`apart`), and the
+  gradient's loop computes the indicator again. Otherwise XLA:CPU makes the
+  count and a bfloat16 gradient one kernel, for which it writes the
+  indicator, or its constants broadcast over the logits, or the true class's
+  one-hot, out as a logits-sized float32 array (docs/measurement.md). A
+  float32 gradient's one-hot is a scatter after that kernel: there the one
+  kernel is kept.
+  """
+  if values.dtype.itemsize != 2:
+    return jnp.sum(_indicator(values, level), axis=-1)
+  constants = _indicator_constants(level.dtype)
+  return apart(jnp.sum(_indicator(*read_again((values, level, constants))), axis=-1))
 
 
 @jax.custom_jvp
@@ -330,19 +364,54 @@ def _rival_max_jvp(primals, tangents):
   values, labels = primals
   d_values, _ = tangents  # labels are integers: no tangent
   rival = rival_max(values, labels)
-  wide, top = compute(values), compute(rival)
+  return rival, _rival_max_tangent(values, labels, rival, compute(d_values)).astype(rival.dtype)
+
+
+def _rival_max_tangent(values: Array, labels: Array, rival: Array, d_wide: Array) -> Array:
+  """`rival_max`'s tangent, in the compute dtype."""
   # A rival of -inf (every other class -inf, or C = 1) has no derivative: a
   # finite stand-in keeps the indicator finite (the count below is then 0).
-  top = jnp.where(top == -jnp.inf, 0.0, top)[..., None]
-  tiny = jnp.finfo(wide.dtype).tiny
-  at_top = lambda v: 1.0 - jnp.minimum(jnp.abs(top - v) / tiny, 1.0)
-  true_at_top = at_top(compute(take_class(values, labels))[..., None])[..., 0]
+  level = jnp.where(rival == -jnp.inf, 0.0, compute(rival))
+  true_logit = compute(take_class(values, labels))
+  true_at_level = _indicator(true_logit[..., None], level)[..., 0]
+  count = _count_equal(values, level) - true_at_level
+  share = (jnp.sum(_indicator(values, level) * d_wide, axis=-1)
+           - true_at_level * _true_class_tangent(labels, d_wide))
+  return share / jnp.maximum(count, 1.0)
+
+
+def _true_class_tangent(labels: Array, d_wide: Array) -> Array:
+  return jnp.sum(jnp.where(_is_class(d_wide.shape, labels), d_wide, 0.0), axis=-1)
+
+
+def margin_statistics(values: Array, labels: Array, rival: bool = False) -> tuple:
+  """``(top, z[..., label])`` in float32 or wider, `[..., C], [...] -> [...]`
+  each: `top` the row max (`row_max`), or with `rival` the max without the
+  label's class (`rival_max`). As `class_statistics`, two-byte floats give
+  both one derivative, one float32 expression rounded once."""
+  if values.dtype.itemsize == 2 and jnp.issubdtype(values.dtype, jnp.floating):
+    return _narrow_margin_statistics(values, labels, rival)
+  return _margin_statistics(values, labels, rival)
+
+
+def _margin_statistics(values: Array, labels: Array, rival: bool) -> tuple:
+  top = rival_max(values, labels) if rival else row_max(values)
+  return compute(top), compute(take_class(values, labels))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _narrow_margin_statistics(values: Array, labels: Array, rival: bool) -> tuple:
+  return _margin_statistics(values, labels, rival)
+
+
+@_narrow_margin_statistics.defjvp
+def _narrow_margin_statistics_jvp(rival, primals, tangents):
+  (values, labels), (d_values, _) = primals, tangents
+  top, true_logit = _narrow_margin_statistics(values, labels, rival)
   d_wide = compute(d_values)
-  d_true = jnp.sum(jnp.where(_is_class(values.shape, labels), d_wide, 0.0), axis=-1)
-  at_rival = at_top(wide)
-  count = jnp.sum(at_rival, axis=-1) - true_at_top
-  share = (jnp.sum(at_rival * d_wide, axis=-1) - true_at_top * d_true) / jnp.maximum(count, 1.0)
-  return rival, share.astype(rival.dtype)
+  d_top = (_rival_max_tangent(values, labels, top, d_wide) if rival
+           else _row_max_tangent(values, top, d_wide))
+  return (top, true_logit), (d_top, _true_class_tangent(labels, d_wide))
 
 
 def true_class_log_prob(logits: Array, labels: Array) -> Array:
@@ -390,8 +459,7 @@ def _narrow_statistics_jvp(row_sum, primals, tangents):
   values = _narrow_statistics(logits, labels, row_sum)
   d_wide = compute(d_logits)
   probs = jnp.exp(compute(read_again(logits)) - values[1][..., None])
-  d_true = jnp.sum(jnp.where(_is_class(logits.shape, labels), d_wide, 0.0), axis=-1)
-  d_values = (d_true, jnp.sum(probs * d_wide, axis=-1))
+  d_values = (_true_class_tangent(labels, d_wide), jnp.sum(probs * d_wide, axis=-1))
   return values, d_values + (jnp.sum(d_wide, axis=-1),) if row_sum else d_values
 
 

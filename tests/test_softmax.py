@@ -159,6 +159,33 @@ def test_rival_max_is_the_max_without_the_label_with_its_derivative(classes, dty
                              rtol=2 * rtol, atol=1e-7)
 
 
+@pytest.mark.parametrize("rival", [False, True], ids=["max", "rival"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+def test_margin_statistics_are_their_parts_with_one_derivative(rival, dtype, rng):
+  # Few distinct values, so that ties are common (with the true class too).
+  values = jnp.asarray(rng.integers(-3, 4, size=(64, 96)) / 2, dtype)
+  labels = jnp.asarray(rng.integers(0, 96, size=64), jnp.int32)
+  top, true_logit = _softmax.margin_statistics(values, labels, rival)
+  assert top.dtype == true_logit.dtype == jnp.float32
+  f32 = values.astype(jnp.float32)
+  want_top = _rival_by_select(f32, labels) if rival else f32.max(-1)
+  np.testing.assert_array_equal(top, want_top)
+  np.testing.assert_array_equal(true_logit, f32[jnp.arange(64), labels])
+  # The gradient of a combination of the two: the float32 one (jnp.max's
+  # average over the ties, the one-hot) of the same logits, rounded once.
+  a, b = jnp.asarray(rng.normal(size=64), jnp.float32), jnp.asarray(rng.normal(size=64),
+                                                                    jnp.float32)
+  def combined(v):
+    top, true_logit = _softmax.margin_statistics(v, labels, rival)
+    return jnp.sum(a * top + b * true_logit)
+  by_select = lambda v: jnp.sum(a * (_rival_by_select(v, labels) if rival else v.max(-1))
+                                + b * v[jnp.arange(64), labels])
+  got = jax.grad(combined)(values)
+  assert got.dtype == dtype
+  want = np.asarray(jax.grad(by_select)(f32), np.float64)
+  assert np.all(np.abs(np.asarray(got, np.float64) - want) <= _bfloat16_rounding_bound(want))
+
+
 def test_row_sum_apart_is_the_row_sum_with_its_derivatives(rng):
   values = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
   weights = jnp.asarray(rng.uniform(0.5, 2.0, size=(1, 6)), jnp.float32)
@@ -170,12 +197,14 @@ def test_row_sum_apart_is_the_row_sum_with_its_derivatives(rng):
 
 
 @pytest.mark.parametrize("name", ["cross_entropy", "label_smoothing", "focal", "poly1", "gce",
-                                  "mae"])
+                                  "mae", "perceptron", "hinge", "squared_hinge"])
 def test_softmax_losses_bfloat16_gradient_takes_no_float32_logits_sized_buffer(name):
   """bfloat16 value_and_grad: neither the float32 conversion of the logits nor
   their float32 exponentials are written out between the passes (XLA merged
   them: the log-normaliser's with its derivative's, the label smoothing sum's
-  with both), so the scratch is far below one float32 copy of the logits."""
+  with both), nor the margin losses' indicator of the maxima, its constants
+  or the true class's one-hot (for a kernel of the ties' count and the
+  gradient), so the scratch is far below one float32 copy of the logits."""
   spec = losses.spec(name)
   mean = lambda z, y: jnp.mean(spec.bind()(z, y))
   shape = (512, 1000)  # past SHIFT_FROM_LOGITS

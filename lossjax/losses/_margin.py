@@ -32,8 +32,8 @@ def _crammer_singer_margin(batch) -> Array:
   worst margin violation, >= 0. The largest rival logit is taken over the
   stored logits (exact in any dtype; see `_softmax.rival_max` for how it
   avoids writing a select of the logits out)."""
-  rival = _softmax.rival_max(batch.stored, batch.labels).astype(batch.logits.dtype)
-  return jnp.maximum(rival + 1.0 - batch.true_logit(), 0.0)
+  rival, true_logit = _prepare.margin_statistics(batch, rival=True)
+  return jnp.maximum(rival + 1.0 - true_logit, 0.0)
 
 
 def multiclass_hinge_loss(scores, labels, *, axis: int = -1,
@@ -133,4 +133,5 @@ def multiclass_perceptron_loss(scores, labels, *, axis: int = -1,
   Models", EMNLP 2002.
   """
   batch = _prepare.integer_label_batch(scores, labels, axis, where)
-  return batch.finish(batch.row_max() - batch.true_logit())
+  top, true_logit = _prepare.margin_statistics(batch)
+  return batch.finish(top - true_logit)

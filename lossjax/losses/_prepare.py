@@ -31,10 +31,6 @@ class IntegerLabelBatch(NamedTuple):
     written out in float32)."""
     return _softmax.take_class(self.stored, self.labels).astype(self.logits.dtype)
 
-  def row_max(self) -> Array:
-    """max_c z[..., c] in the compute dtype, taken over the stored logits (exact)."""
-    return _softmax.row_max(self.stored).astype(self.logits.dtype)
-
   def finish(self, values: Array) -> Array:
     """Per-example values with invalid labels as NaN and masked ones as 0."""
     if self.valid is not None:
@@ -146,6 +142,13 @@ def class_statistics(batch: IntegerLabelBatch, row_sum: bool = False) -> tuple:
     return _softmax.class_statistics(batch.stored, batch.labels, row_sum)
   values = (batch.true_logit(), log_normalizer(batch))
   return values + (_softmax.row_sum_apart(batch.stored),) if row_sum else values
+
+
+def margin_statistics(batch: IntegerLabelBatch, rival: bool = False) -> tuple:
+  """``(max, z[..., label])`` in the compute dtype, the max without the label's
+  class if `rival`: `lossjax._softmax.margin_statistics` of the stored logits."""
+  statistics = _softmax.margin_statistics(batch.stored, batch.labels, rival)
+  return tuple(value.astype(batch.logits.dtype) for value in statistics)
 
 
 def over_kept(batch, values: Array) -> Array:
