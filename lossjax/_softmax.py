@@ -41,6 +41,11 @@ def _row_sums_materialized(sums: Array) -> Array:
                                   mantissa_bits=info.nmant)
 
 
+def _two_byte_float(values: Array) -> bool:
+  """Whether `values` are bfloat16 or float16 (static)."""
+  return values.dtype.itemsize == 2 and jnp.issubdtype(values.dtype, jnp.floating)
+
+
 def compute(values: Array) -> Array:
   """`values` in the dtype losses compute in: float32 for narrower floats."""
   return values.astype(_checks.compute_dtype(values.dtype))
@@ -233,7 +238,7 @@ def row_max(values: Array) -> Array:
   """
   classes = values.shape[-1]
   k = _rival_block(classes)
-  if values.dtype.itemsize != 2 or k is None or k == classes:
+  if not _two_byte_float(values) or k is None or k == classes:
     return jnp.max(values, axis=-1)
   block_max = jnp.max(values.reshape(*values.shape[:-1], classes // k, k), axis=-1)
   return jnp.max(jax.lax.optimization_barrier(block_max), axis=-1)
@@ -277,7 +282,7 @@ def _count_equal(values: Array, level: Array) -> Array:
   float32 gradient's one-hot is a scatter after that kernel: there the one
   kernel is kept.
   """
-  if values.dtype.itemsize != 2:
+  if not _two_byte_float(values):
     return jnp.sum(_indicator(values, level), axis=-1)
   constants = _indicator_constants(level.dtype)
   return apart(jnp.sum(_indicator(*read_again((values, level, constants))), axis=-1))
@@ -301,7 +306,7 @@ def take_class(values: Array, labels: Array) -> Array:
   conversion of the picked values in front of the gather, converting every
   logit, and then writes all of them out (see the module's docstring).
   """
-  if values.dtype.itemsize == 2 and jnp.issubdtype(values.dtype, jnp.floating):
+  if _two_byte_float(values):
     bits = jax.lax.bitcast_convert_type(values, jnp.uint16)
     return jax.lax.bitcast_convert_type(_gather(bits, labels), values.dtype)
   return _gather(values, labels)
@@ -375,7 +380,7 @@ def _own_block(blocks: Array, index: Array) -> Array:
   dtype. Two-byte floats are gathered as their bits and converted after:
   XLA:CPU's own loop over bfloat16 values (the gather, the select and the max
   that follow) costs it twice the time (docs/measurement.md)."""
-  narrow = blocks.dtype.itemsize == 2 and jnp.issubdtype(blocks.dtype, jnp.floating)
+  narrow = _two_byte_float(blocks)
   source = jax.lax.bitcast_convert_type(blocks, jnp.uint16) if narrow else blocks
   own = jnp.take_along_axis(source, index[..., None, None], axis=-2)[..., 0, :]
   return compute(jax.lax.bitcast_convert_type(own, blocks.dtype) if narrow else own)
@@ -411,7 +416,7 @@ def margin_statistics(values: Array, labels: Array, rival: bool = False) -> tupl
   each: `top` the row max (`row_max`), or with `rival` the max without the
   label's class (`rival_max`). As `class_statistics`, two-byte floats give
   both one derivative, one float32 expression rounded once."""
-  if values.dtype.itemsize == 2 and jnp.issubdtype(values.dtype, jnp.floating):
+  if _two_byte_float(values):
     return _narrow_margin_statistics(values, labels, rival)
   return _margin_statistics(values, labels, rival)
 
@@ -457,7 +462,7 @@ def class_statistics(logits: Array, labels: Array, row_sum: bool = False) -> tup
   cotangents add without rounding, and the true logit's is a scatter into
   the gradient, one value a row.
   """
-  if logits.dtype.itemsize == 2 and jnp.issubdtype(logits.dtype, jnp.floating):
+  if _two_byte_float(logits):
     return _narrow_statistics(logits, labels, row_sum)
   return _statistics(logits, labels, row_sum)
 

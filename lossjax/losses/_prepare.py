@@ -123,13 +123,10 @@ def kept_count(batch) -> Array | int:
 
 def log_normalizer(batch) -> Array:
   """logsumexp over each example's kept classes (all of them without a
-  per-logit mask); for integer labels, shifted by the true class's logit
-  (`lossjax._softmax.shifted_log_normalizer`)."""
+  per-logit mask). Integer labels without a mask take theirs from
+  `class_statistics`, shifted by the true class's logit."""
   if batch.keep is not None:
     return _softmax.masked_log_normalizer(batch.logits, batch.keep)
-  if isinstance(batch, IntegerLabelBatch):
-    return _softmax.log_normalizer(
-        batch.stored, shift=_softmax.take_class(batch.stored, batch.labels))
   return _softmax.log_normalizer(batch.logits)
 
 
@@ -147,8 +144,7 @@ def class_statistics(batch: IntegerLabelBatch, row_sum: bool = False) -> tuple:
 def margin_statistics(batch: IntegerLabelBatch, rival: bool = False) -> tuple:
   """``(max, z[..., label])`` in the compute dtype, the max without the label's
   class if `rival`: `lossjax._softmax.margin_statistics` of the stored logits."""
-  statistics = _softmax.margin_statistics(batch.stored, batch.labels, rival)
-  return tuple(value.astype(batch.logits.dtype) for value in statistics)
+  return _softmax.margin_statistics(batch.stored, batch.labels, rival)
 
 
 def over_kept(batch, values: Array) -> Array:
