@@ -239,13 +239,12 @@ def _hard_focal_slopes_jvp(weighted, primals, tangents):
 
 
 def _smooth_hard_focal_slopes(logits, labels, alpha, gamma, weighted):
-  dtype = alpha.dtype
-  sign = 2.0 * label_values(labels, dtype) - 1.0
-  w = sign * logits.astype(dtype)
+  y = label_values(labels, alpha.dtype)
+  sign = 2.0 * y - 1.0
+  w = sign * logits.astype(alpha.dtype)
   log_p, log_q = jax.nn.log_sigmoid(w), jax.nn.log_sigmoid(-w)
   modulator = jnp.exp(gamma * log_q)
   d_w = -modulator * (jax.nn.sigmoid(-w) - gamma * log_p * jax.nn.sigmoid(w))
-  y = label_values(labels, dtype)
   alpha_t = alpha * y + (1.0 - alpha) * (1.0 - y) if weighted else None
   d_alpha = -sign * log_p * modulator if weighted else None
   return sign * d_w, -(log_p * modulator * log_q), alpha_t, d_alpha
