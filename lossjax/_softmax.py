@@ -202,8 +202,14 @@ def shifted_log_normalizer(logits: Array, shift: Array) -> Array:
 def _shifted_log_normalizer_jvp(primals, tangents):
   (logits, shift), (d_logits, _) = primals, tangents
   value = shifted_log_normalizer(logits, shift)
+  return value, _log_normalizer_tangent(logits, value, compute(d_logits))
+
+
+def _log_normalizer_tangent(logits: Array, value: Array, d_wide: Array) -> Array:
+  """softmax(z) . dz, the probabilities recomputed as exp(z - logsumexp) from
+  the logits read again, `value` the log-normaliser."""
   probs = jnp.exp(compute(read_again(logits)) - value[..., None])
-  return value, jnp.sum(probs * compute(d_logits), axis=-1)
+  return jnp.sum(probs * d_wide, axis=-1)
 
 
 def masked_log_normalizer(logits: Array, keep: Array) -> Array:
@@ -322,8 +328,7 @@ def _take_class_jvp(primals, tangents):
   d_values, _ = tangents  # labels are integers: no tangent
   if values.dtype.itemsize >= 4:
     return take_class(values, labels), _gather(d_values, labels)
-  hit = _is_class(values.shape, labels)
-  return take_class(values, labels), jnp.sum(jnp.where(hit, d_values, 0), axis=-1)
+  return take_class(values, labels), _true_class_tangent(labels, d_values)
 
 
 def _is_class(shape: tuple, labels: Array) -> Array:
@@ -407,8 +412,9 @@ def _rival_max_tangent(values: Array, labels: Array, rival: Array, d_wide: Array
   return share / jnp.maximum(count, 1.0)
 
 
-def _true_class_tangent(labels: Array, d_wide: Array) -> Array:
-  return jnp.sum(jnp.where(_is_class(d_wide.shape, labels), d_wide, 0.0), axis=-1)
+def _true_class_tangent(labels: Array, d_values: Array) -> Array:
+  """`take_class`'s tangent as a masked row sum, in the tangent's dtype."""
+  return jnp.sum(jnp.where(_is_class(d_values.shape, labels), d_values, 0.0), axis=-1)
 
 
 def margin_statistics(values: Array, labels: Array, rival: bool = False) -> tuple:
@@ -485,8 +491,8 @@ def _narrow_statistics_jvp(row_sum, primals, tangents):
   (logits, labels), (d_logits, _) = primals, tangents
   values = _narrow_statistics(logits, labels, row_sum)
   d_wide = compute(d_logits)
-  probs = jnp.exp(compute(read_again(logits)) - values[1][..., None])
-  d_values = (_true_class_tangent(labels, d_wide), jnp.sum(probs * d_wide, axis=-1))
+  d_values = (_true_class_tangent(labels, d_wide),
+              _log_normalizer_tangent(logits, values[1], d_wide))
   return values, d_values + (jnp.sum(d_wide, axis=-1),) if row_sum else d_values
 
 
