@@ -249,15 +249,15 @@ def test_sigmoid_focal_derivatives_to_third_order_at_and_around_zero(alpha):
     loss = -(1 - p_t) ** gamma * jnp.log(p_t)
     return loss if alpha is None else (alpha * y + (1 - alpha) * (1 - y)) * loss
   with jax.enable_x64(True):
+    # Every (z, y) of z in {0, -1e-3, 2} and y in {0, 1}, as one vmapped call.
+    z, y = jnp.array([0.0, -1e-3, 2.0] * 2), jnp.array([0] * 3 + [1] * 3)
     for gamma in (2.0, 1.5):
-      for z in (0.0, -1e-3, 2.0):
-        for y in (0, 1):
-          ours = lambda v: lossjax.sigmoid_focal_loss(v, jnp.asarray(y), gamma=gamma, alpha=alpha)
-          theirs = lambda v: textbook(v, y, gamma)
-          for _ in range(4):  # the value, then each derivative in turn
-            np.testing.assert_allclose(ours(jnp.float64(z)), theirs(jnp.float64(z)),
-                                       rtol=1e-9, atol=1e-12, err_msg=f"{gamma} {z} {y}")
-            ours, theirs = jax.grad(ours), jax.grad(theirs)
+      ours = lambda v, y: lossjax.sigmoid_focal_loss(v, y, gamma=gamma, alpha=alpha)
+      theirs = lambda v, y: textbook(v, y.astype(v.dtype), gamma)
+      for order in range(4):  # the value, then each derivative in turn
+        np.testing.assert_allclose(jax.jit(jax.vmap(ours))(z, y), jax.jit(jax.vmap(theirs))(z, y),
+                                   rtol=1e-9, atol=1e-12, err_msg=f"gamma {gamma}, order {order}")
+        ours, theirs = jax.grad(ours), jax.grad(theirs)
       both = lambda f: jax.hessian(f, argnums=(0, 1))(jnp.float64(0.0), jnp.float64(gamma))
       got = both(jax.jit(lambda v, g: lossjax.sigmoid_focal_loss(v, jnp.asarray(1), gamma=g,
                                                                  alpha=alpha)))
@@ -309,11 +309,11 @@ def test_brier_derivatives_match_the_elementwise_form(offset):
     logits = logits.at[jnp.arange(4), labels].add(jnp.array([0.0, 4.0, 12.0, -3.0]))
     ours = lambda z: jnp.sum(losses.brier_loss(z, labels) * jnp.arange(1.0, 5.0))
     theirs = lambda z: jnp.sum(elementwise(z, labels) * jnp.arange(1.0, 5.0))
-    np.testing.assert_allclose(ours(logits), theirs(logits), rtol=1e-12)
-    np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(theirs)(logits),
+    np.testing.assert_allclose(jax.jit(ours)(logits), jax.jit(theirs)(logits), rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(jax.grad(ours))(logits), jax.jit(jax.grad(theirs))(logits),
                                rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(jax.hessian(ours)(logits), jax.hessian(theirs)(logits),
-                               rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(jax.jit(jax.hessian(ours))(logits),
+                               jax.jit(jax.hessian(theirs))(logits), rtol=1e-9, atol=1e-13)
 
 
 @pytest.mark.parametrize("spread", [10.0, 50.0, 100.0])  # 50, 100: past exp(2 (z - z_y))'s range
@@ -328,8 +328,9 @@ def test_brier_shifted_by_the_true_logit_or_the_max_matches_float64(spread, monk
   labels = jnp.array([0, 1, 0, 6, 3])
   elementwise = lambda z: jnp.sum(
       jnp.square(jax.nn.softmax(z, axis=-1) - jax.nn.one_hot(labels, 7, dtype=z.dtype)), -1)
-  got = losses.brier_loss(jnp.asarray(logits), labels)
-  grad = jax.grad(lambda z: losses.brier_loss(z, labels).sum())(jnp.asarray(logits))
+  # A function of its own to jit: its trace depends on the patched constant.
+  got = jax.jit(lambda z: losses.brier_loss(z, labels))(jnp.asarray(logits))
+  grad = jax.jit(jax.grad(lambda z: losses.brier_loss(z, labels).sum()))(jnp.asarray(logits))
   with jax.enable_x64(True):
     wide = jnp.asarray(logits, jnp.float64)
     np.testing.assert_allclose(got, elementwise(wide), rtol=1e-6, atol=1e-7)
