@@ -79,6 +79,27 @@ def read_again(values, times: int = 1):
   return values
 
 
+# Logits per chunk of rows for work that takes several passes over each row
+# (sparsemax's threshold rounds, Brier's two sums of exponentials): 1 MiB of
+# float32, so that every pass after the first reads them from the cache
+# (docs/measurement.md); chunks of half or twice the size measured slower for
+# sparsemax, and half the size for Brier.
+CHUNK = 2 ** 18
+
+
+def rows_per_chunk(rows: int, classes: int) -> int:
+  """Rows per chunk: the most, up to `CHUNK` logits, that divide `rows`.
+
+  lax.map runs the rows that fill no whole chunk apart, and first slices the
+  others out of the logits, a copy as large as the logits. Where no divisor
+  of at least half the most does (a prime number of rows), the copy is taken
+  rather than chunks too small for the cache to pay.
+  """
+  most = max(1, CHUNK // max(classes, 1))
+  divisor = next(k for k in range(min(most, max(rows, 1)), 0, -1) if rows % k == 0)
+  return divisor if 2 * divisor >= min(most, rows) else most
+
+
 @jax.custom_jvp
 def row_sum_apart(values: Array, weights: Array | None = None) -> Array:
   """sum over the last axis of `compute(values)` (times `weights`, shaped

@@ -339,3 +339,26 @@ def test_brier_shifted_by_the_true_logit_or_the_max_matches_float64(spread, monk
     # true logit 10 below it: 2.2e-7).
     np.testing.assert_allclose(grad, jax.grad(lambda z: elementwise(z).sum())(wide),
                                rtol=1e-5, atol=4 * np.finfo(np.float32).eps)
+
+
+@pytest.mark.parametrize("shape", [(300, 1000), (263, 1000)])
+def test_brier_sums_on_chunks_of_rows_match_float64(shape, monkeypatch):
+  """float32 Brier on CPU takes both of its sums from one exponential per
+  logit, on chunks of rows: 300 rows as two chunks of 150, 263 (a prime) as
+  a chunk of 262 and the one row left. Each row's loss, and the gradient,
+  against the float64 formula."""
+  monkeypatch.setattr(_softmax, "SHIFT_FROM_LOGITS", 0)  # the true logit's shift
+  assert _softmax.rows_per_chunk(*shape) == {(300, 1000): 150, (263, 1000): 262}[shape]
+  rng = np.random.default_rng(5)
+  logits = (rng.normal(size=shape) * 3).astype(np.float32)
+  labels = rng.integers(0, shape[1], size=shape[0])
+  got = jax.jit(lambda z: losses.brier_loss(z, labels))(logits)
+  np.testing.assert_allclose(got, reference.brier(logits.astype(np.float64), labels),
+                             rtol=2e-6, atol=1e-7)
+  grad = jax.jit(jax.grad(lambda z: losses.brier_loss(z, labels).sum()))(logits)
+  # d/dz_c sum_k (p_k - [k = y])^2 = 2 p_c (p_c - [c = y] - (sum_k p_k^2 - p_y)).
+  p = np.exp(reference._log_softmax(logits.astype(np.float64)))
+  hot = reference._one_hot(labels, shape[1])
+  rivals = (p * p).sum(-1, keepdims=True) - (p * hot).sum(-1, keepdims=True)
+  np.testing.assert_allclose(grad, 2 * p * (p - hot - rivals), rtol=1e-4,
+                             atol=4 * np.finfo(np.float32).eps)

@@ -30,7 +30,7 @@ def _threshold(logits: Array) -> Array:
   (docs/measurement.md has the count measured both ways). The count is exact for every z - t above
   the dtype's smallest normal number; a z within that of t counts partly,
   and its share of the probability is below that number. The rounds run on
-  chunks of rows (`_CHUNK` logits), each chunk's rows until all of its rows
+  chunks of rows (`_softmax.CHUNK` logits), each chunk's rows until all of its rows
   stop, so that the logits of every round after the first come from the cache.
   bfloat16 rows go in as the bits of pairs of logits (`_unpack`), so that
   each chunk is converted to float32 as the rounds read it: XLA moves a
@@ -42,7 +42,7 @@ def _threshold(logits: Array) -> Array:
   z = jax.lax.stop_gradient(logits)
   classes = z.shape[-1]
   rows = z.reshape(-1, classes)
-  chunk = _rows_per_chunk(*rows.shape)
+  chunk = _softmax.rows_per_chunk(*rows.shape)
   if rows.dtype == jnp.bfloat16 and classes > 0 and classes % 2 == 0:
     pairs = jax.lax.bitcast_convert_type(rows.reshape(-1, classes // 2, 2), jnp.uint32)
     tau, n = jax.lax.map(lambda p: _fixed_point(_unpack(p)), pairs, batch_size=chunk)
@@ -53,25 +53,6 @@ def _threshold(logits: Array) -> Array:
   # sparsemax its Jacobian diag(s) - s s^T / |S|.
   shape = z.shape[:-1] + (1,)
   return _step(_softmax.compute(logits), tau.reshape(shape), n.reshape(shape))
-
-
-# Logits per chunk of rows that `_threshold` runs its rounds on: 1 MiB of
-# float32, so that every round after the first reads them from the cache
-# (docs/measurement.md); chunks of half or twice the size measured slower.
-_CHUNK = 2 ** 18
-
-
-def _rows_per_chunk(rows: int, classes: int) -> int:
-  """Rows per chunk: the most, up to `_CHUNK` logits, that divide `rows`.
-
-  lax.map runs the rows that fill no whole chunk apart, and first slices the
-  others out of the logits, a copy as large as the logits. Where no divisor
-  of at least half the most does (a prime number of rows), the copy is taken
-  rather than chunks too small for the cache to pay.
-  """
-  most = max(1, _CHUNK // max(classes, 1))
-  divisor = next(k for k in range(min(most, max(rows, 1)), 0, -1) if rows % k == 0)
-  return divisor if 2 * divisor >= min(most, rows) else most
 
 
 def _excess(values: Array, t: Array) -> Array:

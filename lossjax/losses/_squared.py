@@ -122,18 +122,19 @@ def _brier_terms(stored: Array, labels: Array):
   is a stored logit, exact in float32, so exp(z - c) / s carries no more
   rounding than the softmax itself (relative to the log-normaliser l, exp(z
   - l) is off by l's rounding, ~|l| ulps: 6e-6 relative for logits near 100).
-  sum_c p_c^2 = sum_c exp(2 (z_c - c)) / s^2 is one more exp-and-sum pass; it
-  reads the stored logits afresh (`_softmax.read_again`), so that bfloat16
-  logits are converted inside each pass, not written out once in float32 for
-  both (docs/measurement.md)."""
+  sum_c p_c^2 = sum_c exp(2 (z_c - c)) / s^2: on CPU, for four-byte logits,
+  both sums come from one exponential per logit (`_exp_sums_in_chunks`);
+  otherwise it is one more exp-and-sum pass that reads the stored logits
+  afresh (`_softmax.read_again`), so that bfloat16 logits are converted
+  inside each pass, not written out once in float32 for both
+  (docs/measurement.md)."""
   true_logit = _softmax.take_class(stored, labels)
 
   def relative_to(shift):
-    sums = _softmax.apart(jnp.sum(jnp.exp(_softmax.compute(stored) - shift), axis=-1))
-    again, again_shift = _softmax.read_again((stored, shift))
-    squares = _softmax.apart(
-        jnp.sum(jnp.exp(2.0 * (_softmax.compute(again) - again_shift)), axis=-1))
-    return shift, sums, squares
+    if _softmax._two_byte_float(stored):
+      return (shift,) + _exp_sums_in_two_passes(stored, shift)
+    return (shift,) + jax.lax.platform_dependent(
+        stored, shift, cpu=_exp_sums_in_chunks, default=_exp_sums_in_two_passes)
 
   by_max = lambda: relative_to(_softmax.compute(
       jax.lax.stop_gradient(jnp.max(stored, axis=-1, keepdims=True))))
@@ -148,6 +149,39 @@ def _brier_terms(stored: Array, labels: Array):
   squares = squares / jnp.square(sums)
   log_p_y = _softmax.compute(true_logit) - shift[..., 0] - jnp.log(sums)
   return shift, sums, log_p_y, squares
+
+
+def _exp_sums_in_two_passes(stored: Array, shift: Array) -> tuple:
+  """sum_c exp(z_c - shift) and sum_c exp(2 (z_c - shift)) of each row, each
+  an exp-and-sum pass of its own over the logits."""
+  sums = _softmax.apart(jnp.sum(jnp.exp(_softmax.compute(stored) - shift), axis=-1))
+  again, again_shift = _softmax.read_again((stored, shift))
+  squares = _softmax.apart(
+      jnp.sum(jnp.exp(2.0 * (_softmax.compute(again) - again_shift)), axis=-1))
+  return sums, squares
+
+
+def _exp_sums_in_chunks(stored: Array, shift: Array) -> tuple:
+  """The same two sums from one exponential per logit: on cache-sized chunks
+  of rows (`_softmax.CHUNK` logits), each chunk's exp(z - shift) written out
+  (to the cache) and both sums read from it. XLA:CPU runs two reductions of
+  one exponential as two passes, each taking the exponential, and as
+  siblings of one fusion slower still (docs/measurement.md).
+
+  Four-byte and wider logits only: bfloat16 ones in a loop are converted to
+  float32 all at once before it (XLA:CPU slices no bfloat16), a
+  logits-sized write that costs more than the exponential it saves."""
+  classes = stored.shape[-1]
+  rows = stored.reshape(-1, classes)
+
+  def chunk_sums(chunk):
+    values, chunk_shift = chunk
+    exps = jax.lax.optimization_barrier(jnp.exp(_softmax.compute(values) - chunk_shift))
+    return jnp.sum(exps, axis=-1), jnp.sum(jnp.square(exps), axis=-1)
+
+  sums, squares = jax.lax.map(chunk_sums, (rows, shift.reshape(-1, 1)),
+                              batch_size=_softmax.rows_per_chunk(*rows.shape))
+  return sums.reshape(stored.shape[:-1]), squares.reshape(stored.shape[:-1])
 
 
 def _brier_value(log_p_y: Array, squares: Array) -> Array:
