@@ -204,3 +204,31 @@ def test_a_case_optax_cannot_build_is_marked(tmp_path):
   source.write_text(json.dumps(run))
   text = report.write_report(source, tmp_path / "BENCHMARKS.md").read_text()
   assert "optax fails¶" in text and report.OPTAX_FAILS_NOTE in text
+
+
+def test_interleaved_medians_take_more_rounds_of_fast_calls_within_a_budget():
+  import time
+
+  import jax.numpy as jnp
+
+  from lossjax.bench import _timing
+  calls = {"fast": 0, "slow": 0}
+
+  def counted(name, seconds):
+    def call():
+      calls[name] += 1
+      time.sleep(seconds)
+      return jnp.zeros(())
+    return call
+
+  # Calls of microseconds: every round the budget allows, up to the most.
+  _timing.interleaved_medians({"fast": counted("fast", 0.0)}, (), rounds=5, warmup=1,
+                              budget_s=30.0, most_rounds=12)
+  assert calls["fast"] == 1 + 12
+  # Calls longer than the budget: the minimum only; no budget: the minimum too.
+  _timing.interleaved_medians({"slow": counted("slow", 0.02)}, (), rounds=3, warmup=1,
+                              budget_s=0.01, most_rounds=12)
+  assert calls["slow"] == 1 + 3
+  calls["fast"] = 0
+  _timing.interleaved_medians({"fast": counted("fast", 0.0)}, (), rounds=3)
+  assert calls["fast"] == 3

@@ -168,9 +168,9 @@ def _exp_sums_in_chunks(stored: Array, shift: Array) -> tuple:
   one exponential as two passes, each taking the exponential, and as
   siblings of one fusion slower still (docs/measurement.md).
 
-  Four-byte and wider logits only: bfloat16 ones in a loop are converted to
-  float32 all at once before it (XLA:CPU slices no bfloat16), a
-  logits-sized write that costs more than the exponential it saves."""
+  Four-byte and wider logits only: for bfloat16 logits XLA:CPU converted all
+  of them to float32 before the loop (and copied their uint16 bits out, given
+  those), a logits-sized write that costs more than the exponential it saves."""
   classes = stored.shape[-1]
   rows = stored.reshape(-1, classes)
 
