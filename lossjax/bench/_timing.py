@@ -120,9 +120,8 @@ def interleaved_medians(calls: dict, args, rounds: int, warmup: int = 0,
   drifts between tests); the first `warmup` rounds are not counted.
 
   With `budget_s`, more than `rounds` rounds (up to `most_rounds`) as long as
-  they fit in it: calls of milliseconds get enough rounds that a burst of the
-  machine's other work does not move their medians (5 rounds of a 3 ms call
-  put a ratio that reads 1.01 over 9 rounds at 1.90 in one full grid).
+  they fit in it: calls of milliseconds get enough rounds that a short burst
+  of the machine's other work does not move their medians (docs/measurement.md).
 
   `faults`, if given, receives each call's median count of minor page faults
   (the process's, all threads): on CPU a call whose buffer comes from fresh

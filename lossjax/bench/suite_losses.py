@@ -338,9 +338,9 @@ def test_loss_throughput(benchmark, loss_case, timed, request):
 
 
 _FLOOR_PROGRAMS: dict = {}
-# Seconds of alternating calls a ratio (to optax, to the floor) may take in
-# more rounds than its minimum (`interleaved_medians`): ~1 minute more for the
-# headline grid, ~3 for the full one.
+# Seconds of alternating calls within which a ratio (to optax, to the floor)
+# takes more rounds than its minimum (`interleaved_medians`): only cells of
+# fast calls get them, so the grids take little longer (docs/measurement.md).
 RATIO_BUDGET_S = 1.0
 
 
