@@ -263,6 +263,48 @@ def test_sparsemax_bfloat16_is_its_float32_upcast(shape, rng):
   assert np.all(np.abs(got - want) <= rounding)
 
 
+@pytest.mark.parametrize("classes", [100, 130, 300, 1000])
+def test_sparsemax_rows_whose_support_is_every_class_or_one(classes, rng):
+  """Rows where the rounds' start (from the maxima of blocks of classes, past
+  128 classes; 130 and 300 leave classes over) is furthest from the
+  threshold or on it: all logits equal, all within 1e-3, one far above the
+  rest, two tied above the rest, half of them -inf; and Gaussian rows."""
+  rows = np.stack([
+      np.full(classes, 0.7),
+      rng.normal(size=classes) * 1e-3,
+      np.r_[50.0, rng.normal(size=classes - 1)],
+      np.r_[rng.normal(size=classes - 2), 9.0, 9.0],
+      np.where(np.arange(classes) % 2 == 0, -np.inf, rng.normal(size=classes) * 2),
+      rng.normal(size=classes) * 2,
+      rng.normal(size=classes) * 0.3,
+  ]).astype(np.float32)
+  labels = jnp.asarray(rng.integers(0, classes // 2, size=len(rows)) * 2 + 1)
+  z = jnp.asarray(rows)
+  want = reference.sparsemax_probabilities(rows)
+  np.testing.assert_allclose(jax.jit(lossjax.sparsemax)(z), want, atol=1e-6)
+  loss = jax.jit(lambda z: lossjax.multiclass_sparsemax_loss(z, labels))
+  finite = np.maximum(rows, -1e30)  # the reference's p * z is 0 * -inf otherwise
+  np.testing.assert_allclose(loss(z), reference.sparsemax(finite, np.asarray(labels)), rtol=1e-5,
+                             atol=1e-6)
+  grad = jax.jit(jax.grad(lambda z: loss(z).sum()))(z)
+  np.testing.assert_allclose(grad, want - np.eye(classes)[np.asarray(labels)], atol=1e-5)
+
+
+def test_sparsemax_jacobian_and_the_loss_hessian_are_the_supports_projection(rng):
+  """d sparsemax / dz = diag(s) - s s^T / |S| (s the support's indicator),
+  forward and reverse, and the loss's Hessian is the same matrix."""
+  z = jnp.asarray(rng.normal(size=(3, 200)) * 2, jnp.float32)
+  labels = jnp.asarray([0, 7, 199])
+  s = (reference.sparsemax_probabilities(np.asarray(z)) > 0).astype(np.float64)
+  want = np.stack([np.diag(r) - np.outer(r, r) / r.sum() for r in s])
+  rows = jnp.arange(3)
+  forward = jax.jit(jax.jacfwd(lossjax.sparsemax))(z)[rows, :, rows]
+  reverse = jax.jit(jax.jacrev(lossjax.sparsemax))(z)[rows, :, rows]
+  hessian = jax.jit(jax.hessian(lambda z: lossjax.multiclass_sparsemax_loss(z, labels).sum()))(z)
+  for got in (forward, reverse, hessian[rows, :, rows]):
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_sparsemax_rows_with_a_nan_give_nan_and_leave_the_others_exact(rng):
   z = rng.normal(size=(8, 2000)).astype(np.float32) * 2
   labels = jnp.asarray(rng.integers(0, 2000, size=8))

@@ -13,15 +13,35 @@ from lossjax.losses import _prepare
 Array = jax.Array
 
 
+@jax.custom_jvp
 def _threshold(logits: Array) -> Array:
-  """The sparsemax threshold tau of each row: `[..., C] -> [..., 1]`.
+  """The sparsemax threshold tau of each row: `[..., C] -> [..., 1]`, in the
+  compute dtype (`_softmax.compute`), of `logits` in any floating dtype.
+
+  Its derivative, d tau / dz_c = [c in S] / |S| (S the support), gives
+  sparsemax its Jacobian diag(s) - s s^T / |S|; it is taken only where a
+  derivative is asked for, so that the value costs no pass beyond the rounds.
+  """
+  return _threshold_and_support(logits)[0]
+
+
+@_threshold.defjvp
+def _threshold_jvp(primals, tangents):
+  (logits,), (logits_dot,) = primals, tangents
+  tau, n = _threshold_and_support(logits)
+  # The support's indicator is constant where it has a derivative (a.e.).
+  support = _indicator(_softmax.compute(jax.lax.stop_gradient(logits)), tau)
+  tangent = jnp.sum(support * _softmax.compute(logits_dot), axis=-1, keepdims=True) / n
+  return tau, tangent
+
+
+def _threshold_and_support(logits: Array) -> tuple:
+  """tau and the support's size |S| of each row, `[..., 1]` each.
 
   Michelot's fixed point, from below: with S = {z > t}, the next t is
-  (sum_S z - 1) / |S| = t + (sum_c relu(z_c - t) - 1) / |S|. From t = max z - 1
-  (where S holds the answer's support, as no probability exceeds 1, and the
-  largest logit) t only grows and S only shrinks, so it stops, exactly, once
-  |S| stops changing: at most C rounds, a handful for real rows (5 for
-  Gaussian logits, C = 1000 or 32000), no sort.
+  (sum_S z - 1) / |S| = t + (sum_c relu(z_c - t) - 1) / |S|. From any t at or
+  below tau, t only grows and S only shrinks, so it stops, exactly, once |S|
+  stops changing (at most C rounds; `_start` gives the first t).
 
   Each round is two reductions of one elementwise chain of the logits each
   (the excess sum relu(z - t) and the count |S|, as min(relu(z - t) / tiny, 1)):
@@ -36,8 +56,6 @@ def _threshold(logits: Array) -> Array:
   each chunk is converted to float32 as the rounds read it: XLA moves a
   conversion of the rows themselves out of the loop, writing all the logits
   out in float32 first (float16, and an odd number of classes, still do).
-
-  `logits` in any floating dtype; tau in the compute dtype (`_softmax.compute`).
   """
   z = jax.lax.stop_gradient(logits)
   classes = z.shape[-1]
@@ -45,14 +63,37 @@ def _threshold(logits: Array) -> Array:
   chunk = _softmax.rows_per_chunk(*rows.shape)
   if rows.dtype == jnp.bfloat16 and classes > 0 and classes % 2 == 0:
     pairs = jax.lax.bitcast_convert_type(rows.reshape(-1, classes // 2, 2), jnp.uint32)
-    tau, n = jax.lax.map(lambda p: _fixed_point(_unpack(p)), pairs, batch_size=chunk)
+    tau, n = _by_chunks(lambda p: _fixed_point(_unpack(p)), pairs, chunk)
   else:
-    tau, n = jax.lax.map(_fixed_point, rows, batch_size=chunk)
-  # One more step from the fixed point, on the logits themselves: the same
-  # value, and the derivative d tau / dz_c = [c in S] / |S| that gives
-  # sparsemax its Jacobian diag(s) - s s^T / |S|.
+    tau, n = _by_chunks(_fixed_point, rows, chunk)
   shape = z.shape[:-1] + (1,)
-  return _step(_softmax.compute(logits), tau.reshape(shape), n.reshape(shape))
+  return tau.reshape(shape), n.reshape(shape)
+
+
+def _by_chunks(fn, rows: Array, chunk: int) -> tuple:
+  """`fn` (of a `[rows, ...]` array, to `[rows, 1]` arrays) over `chunk` rows
+  at a time. `fn` sees whole chunks, not one row under vmap, so that a
+  chunk whose rows have all stopped skips the work of a round (a `lax.cond`
+  under vmap runs both of its branches)."""
+  whole = rows.shape[0] - rows.shape[0] % chunk
+  parts = []
+  if whole:
+    chunks = rows[:whole].reshape(whole // chunk, chunk, *rows.shape[1:])
+    parts.append(tuple(x.reshape(whole, 1) for x in jax.lax.map(fn, chunks)))
+  if whole < rows.shape[0] or not parts:  # (or no rows at all)
+    parts.append(fn(rows[whole:]))
+  return tuple(jnp.concatenate(x, axis=0) for x in zip(*parts))
+
+
+def _indicator(values: Array, t: Array) -> Array:
+  """[values > t] as arithmetic, min(relu(values - t) / tiny, 1) (see
+  `_threshold_and_support`)."""
+  scale = 1.0 / jnp.finfo(values.dtype).tiny
+  return jnp.minimum(jnp.maximum(values - t, 0.0) * scale, 1.0)
+
+
+def _count(values: Array, t: Array) -> Array:
+  return _softmax.apart(jnp.sum(_indicator(values, t), axis=-1, keepdims=True))
 
 
 def _excess(values: Array, t: Array) -> Array:
@@ -72,24 +113,52 @@ def _unpack(pairs: Array) -> Array:
   return jnp.concatenate([lo, hi], axis=-1)
 
 
+# Classes a block in `_start`'s bound, and Michelot steps taken on the
+# blocks' maxima (measured in docs/measurement.md).
+BLOCK = 32
+BLOCK_STEPS = 3
+
+
+def _start(z: Array) -> Array:
+  """A first t at or below tau for rows `[rows, C]`: Michelot's steps on the
+  rows' block maxima (BLOCK classes a block, and the classes left over as one
+  more). Each block adds at least relu(its max - t) to the excess sum, so the
+  maxima's own threshold, and each of their Michelot steps from max - 1
+  (which never pass it), lies at or below tau. For Gaussian logits the first
+  full round from there finds the support of all but about 1 row in 200,
+  where max - 1 takes about 5 rounds. A start a rounding above tau is still
+  safe: the step from it lands at or below tau (f is convex), and the rounds
+  go on from there."""
+  classes = z.shape[-1]
+  if classes < 4 * BLOCK:
+    return jnp.max(z, axis=-1, keepdims=True) - 1.0
+  whole = classes - classes % BLOCK
+  maxima = jnp.max(z[..., :whole].reshape(*z.shape[:-1], whole // BLOCK, BLOCK), axis=-1)
+  if whole < classes:
+    maxima = jnp.concatenate([maxima, jnp.max(z[..., whole:], axis=-1, keepdims=True)], axis=-1)
+  t = jnp.max(maxima, axis=-1, keepdims=True) - 1.0
+  for _ in range(BLOCK_STEPS):
+    t = _step(maxima, t, _count(maxima, t))
+  return t
+
+
 def _fixed_point(z: Array):
-  """Michelot's rounds for one row `[C]` (vmapped over a chunk of rows):
-  tau and |S| at the fixed point, `[1]` each."""
+  """Michelot's rounds for a chunk of rows `[rows, C]`: tau and |S| at the
+  fixed point, `[rows, 1]` each. A round counts |S| first and takes its step
+  only where a row's count changed."""
   z = _softmax.compute(z)
-  scale = 1.0 / jnp.finfo(z.dtype).tiny
-  count = lambda t: _softmax.apart(jnp.sum(
-      jnp.minimum(jnp.maximum(z - t, 0.0) * scale, 1.0), axis=-1, keepdims=True))
 
   def round_(state):
     t, n, _, rounds = state
-    new = count(t)
+    new = _count(z, t)
     # A row with a NaN counts NaN, which never equals itself: it is left out of
     # the test (it would keep every row going to the round limit, C rounds).
     changed = jnp.any((new != n) & (new == new))
-    return _step(z, t, new), new, changed & (rounds < z.shape[-1]), rounds + 1
+    t = jax.lax.cond(changed, lambda: _step(z, t, new), lambda: t)
+    return t, new, changed & (rounds < z.shape[-1]), rounds + 1
 
-  start = jnp.max(z, axis=-1, keepdims=True) - 1.0
-  n = count(start)
+  start = _start(z)
+  n = _count(z, start)
   state = (_step(z, start, n), n, jnp.array(True), jnp.array(0))
   tau, n, _, _ = jax.lax.while_loop(lambda state: state[2], round_, state)
   return tau, n
@@ -172,11 +241,8 @@ def _fenchel_young_jvp(primals, tangents):
   value = _loss_given(logits, labels, tau)
   z, t = _softmax.read_again((logits, tau), 2)
   hit = _softmax._is_class(z.shape, labels)
-  # relu as (x + |x|) / 2 (exact) and the one-hot as a converted compare: a
-  # zero constant here would be merged with the threshold's last step's, a
-  # broadcast XLA:CPU then writes out for that step's pass.
-  above = _softmax.compute(z) - t
-  probabilities = 0.5 * (above + jnp.abs(above))
+  # The one-hot as a converted compare (a select is written out first).
+  probabilities = jnp.maximum(_softmax.compute(z) - t, 0.0)
   tangent = jnp.sum((probabilities - hit.astype(t.dtype)) * _softmax.compute(logits_dot), axis=-1)
   return value, tangent
 
