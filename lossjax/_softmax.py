@@ -87,15 +87,15 @@ def read_again(values, times: int = 1):
 CHUNK = 2 ** 18
 
 
-def rows_per_chunk(rows: int, classes: int) -> int:
-  """Rows per chunk: the most, up to `CHUNK` logits, that divide `rows`.
+def rows_per_chunk(rows: int, classes: int, size: int = CHUNK) -> int:
+  """Rows per chunk: the most, up to `size` logits, that divide `rows`.
 
   lax.map runs the rows that fill no whole chunk apart, and first slices the
   others out of the logits, a copy as large as the logits. Where no divisor
   of at least half the most does (a prime number of rows), the copy is taken
   rather than chunks too small for the cache to pay.
   """
-  most = max(1, CHUNK // max(classes, 1))
+  most = max(1, size // max(classes, 1))
   divisor = next(k for k in range(min(most, max(rows, 1)), 0, -1) if rows % k == 0)
   return divisor if 2 * divisor >= min(most, rows) else most
 
@@ -394,11 +394,40 @@ def rival_max(values: Array, labels: Array) -> Array:
     return jnp.max(jnp.where(_is_class(values.shape, labels), -jnp.inf, values), axis=-1)
   blocks = values.reshape(*values.shape[:-1], classes // k, k)
   block_max = jnp.max(blocks, axis=-1)
-  own_block = labels // k
-  others = jnp.max(jnp.where(_is_class(block_max.shape, own_block), -jnp.inf, block_max), axis=-1)
-  own = _own_block(blocks, own_block)
+  rows = blocks.reshape(-1, *blocks.shape[-2:])
+  rival = _by_row_chunks(_rival_of_blocks, (block_max.reshape(-1, classes // k), rows,
+                                            labels.reshape(-1)), k)
+  return rival.reshape(labels.shape)
+
+
+def _rival_of_blocks(block_max: Array, blocks: Array, labels: Array) -> Array:
+  """rival_max from the block maxima `[rows, n]` and the blocks `[rows, n, k]`:
+  the larger of the other blocks' maxima and the label's own block's max with
+  the label left out."""
+  k = blocks.shape[-1]
+  others = jnp.max(jnp.where(_is_class(block_max.shape, labels // k), -jnp.inf, block_max), axis=-1)
+  own = _own_block(blocks, labels // k)
   own = jnp.max(jnp.where(_is_class(own.shape, labels % k), -jnp.inf, own), axis=-1)
   return jnp.maximum(others, own.astype(others.dtype))
+
+
+# Logits of the true classes' blocks gathered at a time (`_by_row_chunks`).
+OWN_BLOCKS_CHUNK = 2 ** 16
+
+
+def _by_row_chunks(fn, args: tuple, k: int) -> Array:
+  """`fn(*args)` (arrays of rows, to `[rows]`), on chunks of rows at a time
+  for float32 blocks of k (`lax.map`): gathered for all rows at once, the
+  label's own blocks are an array of k logits a row, written out on fresh
+  pages every call (13 MB at 65536x1000). Two-byte floats take all rows at
+  once: in a loop XLA:CPU converts or copies out the whole logits first
+  (docs/measurement.md)."""
+  count = args[0].shape[0]
+  chunk = rows_per_chunk(count, k, OWN_BLOCKS_CHUNK)
+  if _two_byte_float(args[1]) or count % chunk or chunk == count:
+    return fn(*args)
+  chunks = tuple(a.reshape(count // chunk, chunk, *a.shape[1:]) for a in args)
+  return jax.lax.map(lambda c: fn(*c), chunks).reshape(count)
 
 
 def _own_block(blocks: Array, index: Array) -> Array:

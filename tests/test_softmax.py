@@ -159,6 +159,19 @@ def test_rival_max_is_the_max_without_the_label_with_its_derivative(classes, dty
                              rtol=2 * rtol, atol=1e-7)
 
 
+@pytest.mark.parametrize("rows", [4096, 4099])  # 4 chunks of 1024 rows; a prime: none
+def test_rival_max_over_chunks_of_rows_is_the_select(rows, rng):
+  """float32 blocks are searched a chunk of rows at a time, each chunk with its
+  own rows' labels."""
+  assert _softmax.rows_per_chunk(4096, 48, _softmax.OWN_BLOCKS_CHUNK) == 1024
+  values = rng.normal(size=(rows, 96)).astype(np.float32)
+  labels = rng.integers(0, 96, size=rows)
+  labels[::2] = values[::2].argmax(-1)  # where the rival is not the row max
+  values, labels = jnp.asarray(values), jnp.asarray(labels, jnp.int32)
+  got = jax.jit(_softmax.rival_max)(values, labels)
+  np.testing.assert_array_equal(got, _rival_by_select(values, labels))
+
+
 @pytest.mark.parametrize("rival", [False, True], ids=["max", "rival"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
 def test_margin_statistics_are_their_parts_with_one_derivative(rival, dtype, rng):
