@@ -232,3 +232,16 @@ def test_interleaved_medians_take_more_rounds_of_fast_calls_within_a_budget():
   calls["fast"] = 0
   _timing.interleaved_medians({"fast": counted("fast", 0.0)}, (), rounds=3)
   assert calls["fast"] == 3
+
+
+def test_round_ratio_is_the_median_of_each_rounds_ratio():
+  import numpy as np
+
+  from lossjax.bench import _timing
+  # A burst of load from the third round on: it slows the loss's calls a round
+  # before the floor's. Each call's median sees the burst (3 over 0.5: 6x);
+  # the ratios within rounds do not.
+  loss, floor, write = [1, 1, 3, 3, 3], [0.5, 0.5, 0.5, 1.5, 1.5], [0.5, 0.5, 0.5, 1.5, 1.5]
+  assert np.median(loss) / np.median(floor) == 6.0
+  assert _timing.round_ratio(loss, floor) == 2.0
+  assert _timing.round_ratio(loss, floor, write) == 1.0  # over the floor plus the write

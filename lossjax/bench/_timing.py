@@ -115,9 +115,18 @@ def _minor_faults() -> int:
 def interleaved_medians(calls: dict, args, rounds: int, warmup: int = 0,
                         faults: dict | None = None, budget_s: float | None = None,
                         most_rounds: int = 25) -> dict:
-  """Median seconds of each compiled call, the calls made one after another in
-  every round so that all see the same machine state (a shared machine
-  drifts between tests); the first `warmup` rounds are not counted.
+  """Median seconds of each compiled call (see `interleaved_times`)."""
+  times = interleaved_times(calls, args, rounds, warmup, faults, budget_s, most_rounds)
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def interleaved_times(calls: dict, args, rounds: int, warmup: int = 0,
+                      faults: dict | None = None, budget_s: float | None = None,
+                      most_rounds: int = 25) -> dict:
+  """Seconds of each compiled call in every round (a list per call), the
+  calls made one after another in every round so that all see the same
+  machine state (a shared machine drifts between tests); the first `warmup`
+  rounds are not counted.
 
   With `budget_s`, more than `rounds` rounds (up to `most_rounds`) as long as
   they fit in it: calls of milliseconds get enough rounds that a short burst
@@ -145,7 +154,16 @@ def interleaved_medians(calls: dict, args, rounds: int, warmup: int = 0,
     done += 1
   if faults is not None:
     faults.update({name: float(np.median(c[warmup:])) for name, c in counts.items()})
-  return {name: float(np.median(t[warmup:])) for name, t in times.items()}
+  return {name: t[warmup:] for name, t in times.items()}
+
+
+def round_ratio(numerator, *denominators) -> float:
+  """The median over rounds of one round's time over the sum of others' in
+  the same round (lists from `interleaved_times`). The machine's load moves
+  the calls of one round together: a burst that outlasts a few rounds moves
+  each call's median, and a ratio of medians with it, but not the ratios
+  within its rounds (docs/measurement.md)."""
+  return float(np.median(np.asarray(numerator) / np.sum(denominators, axis=0)))
 
 
 def median_seconds(benchmark) -> float:

@@ -19,6 +19,7 @@ from lossjax import _softmax
 from lossjax import losses
 from lossjax.losses import _binary, _sparsemax
 from lossjax.bench._timing import (affordable_rounds, device_facts, interleaved_medians,
+                                   interleaved_times, round_ratio,
                                    loss_dtypes, loss_program, loss_shapes, median_seconds,
                                    pedantic, random_inputs, skip_if_too_big)
 from lossjax.bench.plugin import grid, user_losses
@@ -324,12 +325,12 @@ def test_loss_throughput(benchmark, loss_case, timed, request):
     if timed and large:
       rounds[1] = min(rounds[1], affordable_rounds(theirs, (logits, labels), rounds[1], 10.0))
     faults = {}
-    medians = interleaved_medians({"ours": compiled, "theirs": theirs}, (logits, labels),
-                                  rounds=rounds[1] if timed else 1, faults=faults,
-                                  budget_s=RATIO_BUDGET_S if timed else None)
-    info.update({"interleaved_ms": medians["ours"] * 1e3,
-                 "optax_interleaved_ms": medians["theirs"] * 1e3,
-                 "ratio_to_optax": medians["theirs"] / medians["ours"],
+    times = interleaved_times({"ours": compiled, "theirs": theirs}, (logits, labels),
+                              rounds=rounds[1] if timed else 1, faults=faults,
+                              budget_s=RATIO_BUDGET_S if timed else None)
+    info.update({"interleaved_ms": np.median(times["ours"]) * 1e3,
+                 "optax_interleaved_ms": np.median(times["theirs"]) * 1e3,
+                 "ratio_to_optax": round_ratio(times["theirs"], times["ours"]),
                  "page_faults_per_call": faults["ours"],
                  "optax_page_faults_per_call": faults["theirs"]})
   if impl != "optax" and timed and shape in _large_shapes(request.config):
@@ -339,7 +340,7 @@ def test_loss_throughput(benchmark, loss_case, timed, request):
 
 _FLOOR_PROGRAMS: dict = {}
 # Seconds of alternating calls within which a ratio (to optax, to the floor)
-# takes more rounds than its minimum (`interleaved_medians`): only cells of
+# takes more rounds than its minimum (`interleaved_times`): only cells of
 # fast calls get them, so the grids take little longer (docs/measurement.md).
 RATIO_BUDGET_S = 1.0
 
@@ -363,13 +364,14 @@ def _floor_ratio(compiled, logits, labels, name, mode, rounds: int = 5) -> dict:
     _FLOOR_PROGRAMS[key] = programs
   programs = _FLOOR_PROGRAMS[key]
   faults = {}
-  medians = interleaved_medians({"loss": compiled, **programs}, (logits, labels),
-                                rounds=rounds, warmup=1, faults=faults, budget_s=RATIO_BUDGET_S)
+  times = interleaved_times({"loss": compiled, **programs}, (logits, labels),
+                            rounds=rounds, warmup=1, faults=faults, budget_s=RATIO_BUDGET_S)
+  medians = {k: float(np.median(t)) for k, t in times.items()}
   forward = {k[len("floor_"):]: v for k, v in medians.items() if k.startswith("floor_")}
   fastest = min(forward, key=forward.get)
-  floor = forward[fastest] + medians.get("write", 0.0)
+  floor = [times[f"floor_{fastest}"]] + ([times["write"]] if "write" in times else [])
   return {"floor_formulation": fastest, "floor_ms": forward[fastest] * 1e3,
           "gradient_write_ms": medians["write"] * 1e3 if "write" in medians else None,
           "floor_interleaved_ms": medians["loss"] * 1e3,
           "floor_page_faults_per_call": faults,
-          "ratio_to_floor": medians["loss"] / floor}
+          "ratio_to_floor": round_ratio(times["loss"], *floor)}
