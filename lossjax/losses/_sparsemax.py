@@ -124,9 +124,10 @@ def _start(z: Array) -> Array:
   rows' block maxima (BLOCK classes a block, and the classes left over as one
   more). Each block adds at least relu(its max - t) to the excess sum, so the
   maxima's own threshold, and each of their Michelot steps from max - 1
-  (which never pass it), lies at or below tau. For Gaussian logits the first
-  full round from there finds the support of all but about 1 row in 200,
-  where max - 1 takes about 5 rounds. A start a rounding above tau is still
+  (which never pass it), lies at or below tau. For Gaussian logits of scale
+  2 (the benchmarks'), 2.3% of rows of 1000 classes and 1.4% of 32000 need
+  more than the first full round from there; from max - 1, 58% and 72% did,
+  up to 5 rounds more. A start a rounding above tau is still
   safe: the step from it lands at or below tau (f is convex), and the rounds
   go on from there."""
   classes = z.shape[-1]
@@ -216,8 +217,8 @@ def _loss_given(logits: Array, labels: Array, tau: Array) -> Array:
   ||p||^2 / 2 + tau - z_y + 1/2, one pass over the logits."""
   # The pass converts the logits for itself (`read_again`), and relu's 0 here
   # is -0.0 (the same squares): a conversion, or a constant, equal to the
-  # threshold's last step's would be one array that XLA:CPU shares between
-  # the two passes and so writes out, as large as the logits.
+  # derivative's (`_fenchel_young_jvp`) would be one array that XLA:CPU
+  # shares between the two passes and so writes out, as large as the logits.
   z = _softmax.compute(_softmax.read_again(logits))
   squares = _softmax.apart(jnp.sum(jnp.square(jnp.maximum(z - tau, -0.0)), axis=-1))
   true_logit = _softmax.take_class(logits, labels).astype(tau.dtype)
