@@ -154,7 +154,8 @@ def _floor_table(benchmarks) -> list[str]:
   head = [f"{'fwd' if m == 'forward' else 'v&g'} {b}x{c} {d}" for d, b, c, m in columns]
   lines = ["### Loss time ÷ its floor", "",
            "Each loss's time over the floor of its kind (below the table), the two called "
-           "alternately in the loss's test; 1.00x would be the floor itself.", "",
+           "alternately in the loss's test (the median over rounds of each round's ratio); "
+           "1.00x would be the floor itself.", "",
            "| loss | floor | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(columns)]
   for loss, by in ratios.items():
     kind = next(iter(by.values()))[1]
@@ -179,7 +180,8 @@ def _loss_tables(benchmarks, stream) -> list[str]:
     table_start = len(lines)
     lines += [f"### Loss {mode}, {dtype}", "",
               "Median ms per call, lossjax / optax, the two called alternately in one test "
-              "(speedup = optax time ÷ lossjax time; > 1 means lossjax is faster); lossjax "
+              "(speedup = optax time ÷ lossjax time, the median over rounds of each round's "
+              "ratio; > 1 means lossjax is faster); lossjax "
               "alone where optax has no such loss. GB/s = bytes touched ÷ lossjax's time shown"
               + (f"; % = share of the measured {stream:.1f} GB/s streaming read." if stream else "."),
               "",
