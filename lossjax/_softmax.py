@@ -100,6 +100,25 @@ def rows_per_chunk(rows: int, classes: int, size: int = CHUNK) -> int:
   return divisor if 2 * divisor >= min(most, rows) else most
 
 
+def by_row_chunks(fn, args: tuple, chunk: int):
+  """`fn(*args)` on `chunk` rows of `args` (arrays whose leading axis is the
+  rows) at a time: `lax.map` over whole chunks, so that `fn` sees a chunk
+  `[chunk, ...]`, not one row under vmap (a `lax.cond` in it then branches
+  once for the chunk, where under vmap it runs both branches); the rows that
+  fill no whole chunk are one call more. `fn` returns an array, or a tuple of
+  them, with the rows leading."""
+  count = args[0].shape[0]
+  whole = count - count % chunk
+  parts = []
+  if whole:
+    chunks = tuple(a[:whole].reshape(whole // chunk, chunk, *a.shape[1:]) for a in args)
+    stacked = jax.lax.map(lambda c: fn(*c), chunks)
+    parts.append(jax.tree.map(lambda x: x.reshape(whole, *x.shape[2:]), stacked))
+  if whole < count or not parts:  # (or no rows at all)
+    parts.append(fn(*(a[whole:] for a in args)))
+  return jax.tree.map(lambda *x: jnp.concatenate(x, axis=0), *parts)
+
+
 @jax.custom_jvp
 def row_sum_apart(values: Array, weights: Array | None = None) -> Array:
   """sum over the last axis of `compute(values)` (times `weights`, shaped
@@ -364,6 +383,10 @@ def _is_class(shape: tuple, labels: Array) -> Array:
 _RIVAL_BLOCKS = range(64, 15, -1)
 
 
+# Logits of the true classes' blocks gathered at a time (`rival_max`).
+OWN_BLOCKS_CHUNK = 2 ** 16
+
+
 def _rival_block(classes: int) -> int | None:
   """Classes per block for `rival_max`, or None where none divides them."""
   if classes <= _RIVAL_BLOCKS.start:
@@ -394,10 +417,19 @@ def rival_max(values: Array, labels: Array) -> Array:
     return jnp.max(jnp.where(_is_class(values.shape, labels), -jnp.inf, values), axis=-1)
   blocks = values.reshape(*values.shape[:-1], classes // k, k)
   block_max = jnp.max(blocks, axis=-1)
-  rows = blocks.reshape(-1, *blocks.shape[-2:])
-  rival = _by_row_chunks(_rival_of_blocks, (block_max.reshape(-1, classes // k), rows,
-                                            labels.reshape(-1)), k)
-  return rival.reshape(labels.shape)
+  args = (block_max.reshape(-1, classes // k), blocks.reshape(-1, *blocks.shape[-2:]),
+          labels.reshape(-1))
+  count = args[0].shape[0]
+  chunk = rows_per_chunk(count, k, OWN_BLOCKS_CHUNK)
+  # float32 blocks are searched a chunk of rows at a time: gathered for all
+  # rows at once, the label's own blocks are an array of k logits a row,
+  # written out on fresh pages every call (13 MB at 65536x1000). Two-byte
+  # floats take all rows at once (in a loop XLA:CPU converts or copies out the
+  # whole logits first), as do rows that no chunk size divides (the loop would
+  # copy them out) and rows that fit one chunk (docs/measurement.md).
+  if _two_byte_float(values) or count % chunk or chunk == count:
+    return _rival_of_blocks(*args).reshape(labels.shape)
+  return by_row_chunks(_rival_of_blocks, args, chunk).reshape(labels.shape)
 
 
 def _rival_of_blocks(block_max: Array, blocks: Array, labels: Array) -> Array:
@@ -409,25 +441,6 @@ def _rival_of_blocks(block_max: Array, blocks: Array, labels: Array) -> Array:
   own = _own_block(blocks, labels // k)
   own = jnp.max(jnp.where(_is_class(own.shape, labels % k), -jnp.inf, own), axis=-1)
   return jnp.maximum(others, own.astype(others.dtype))
-
-
-# Logits of the true classes' blocks gathered at a time (`_by_row_chunks`).
-OWN_BLOCKS_CHUNK = 2 ** 16
-
-
-def _by_row_chunks(fn, args: tuple, k: int) -> Array:
-  """`fn(*args)` (arrays of rows, to `[rows]`), on chunks of rows at a time
-  for float32 blocks of k (`lax.map`): gathered for all rows at once, the
-  label's own blocks are an array of k logits a row, written out on fresh
-  pages every call (13 MB at 65536x1000). Two-byte floats take all rows at
-  once: in a loop XLA:CPU converts or copies out the whole logits first
-  (docs/measurement.md)."""
-  count = args[0].shape[0]
-  chunk = rows_per_chunk(count, k, OWN_BLOCKS_CHUNK)
-  if _two_byte_float(args[1]) or count % chunk or chunk == count:
-    return fn(*args)
-  chunks = tuple(a.reshape(count // chunk, chunk, *a.shape[1:]) for a in args)
-  return jax.lax.map(lambda c: fn(*c), chunks).reshape(count)
 
 
 def _own_block(blocks: Array, index: Array) -> Array:

@@ -50,8 +50,10 @@ def _threshold_and_support(logits: Array) -> tuple:
   (docs/measurement.md has the count measured both ways). The count is exact for every z - t above
   the dtype's smallest normal number; a z within that of t counts partly,
   and its share of the probability is below that number. The rounds run on
-  chunks of rows (`_softmax.CHUNK` logits), each chunk's rows until all of its rows
-  stop, so that the logits of every round after the first come from the cache.
+  chunks of rows (`_softmax.CHUNK` logits, `_softmax.by_row_chunks`), each
+  chunk's rows until all of its rows stop, so that the logits of every round
+  after the first come from the cache, and a round skips its step in a chunk
+  where no row's count changed.
   bfloat16 rows go in as the bits of pairs of logits (`_unpack`), so that
   each chunk is converted to float32 as the rounds read it: XLA moves a
   conversion of the rows themselves out of the loop, writing all the logits
@@ -63,26 +65,11 @@ def _threshold_and_support(logits: Array) -> tuple:
   chunk = _softmax.rows_per_chunk(*rows.shape)
   if rows.dtype == jnp.bfloat16 and classes > 0 and classes % 2 == 0:
     pairs = jax.lax.bitcast_convert_type(rows.reshape(-1, classes // 2, 2), jnp.uint32)
-    tau, n = _by_chunks(lambda p: _fixed_point(_unpack(p)), pairs, chunk)
+    tau, n = _softmax.by_row_chunks(lambda p: _fixed_point(_unpack(p)), (pairs,), chunk)
   else:
-    tau, n = _by_chunks(_fixed_point, rows, chunk)
+    tau, n = _softmax.by_row_chunks(_fixed_point, (rows,), chunk)
   shape = z.shape[:-1] + (1,)
   return tau.reshape(shape), n.reshape(shape)
-
-
-def _by_chunks(fn, rows: Array, chunk: int) -> tuple:
-  """`fn` (of a `[rows, ...]` array, to `[rows, 1]` arrays) over `chunk` rows
-  at a time. `fn` sees whole chunks, not one row under vmap, so that a
-  chunk whose rows have all stopped skips the work of a round (a `lax.cond`
-  under vmap runs both of its branches)."""
-  whole = rows.shape[0] - rows.shape[0] % chunk
-  parts = []
-  if whole:
-    chunks = rows[:whole].reshape(whole // chunk, chunk, *rows.shape[1:])
-    parts.append(tuple(x.reshape(whole, 1) for x in jax.lax.map(fn, chunks)))
-  if whole < rows.shape[0] or not parts:  # (or no rows at all)
-    parts.append(fn(rows[whole:]))
-  return tuple(jnp.concatenate(x, axis=0) for x in zip(*parts))
 
 
 def _indicator(values: Array, t: Array) -> Array:
