@@ -174,13 +174,12 @@ def _exp_sums_in_chunks(stored: Array, shift: Array) -> tuple:
   classes = stored.shape[-1]
   rows = stored.reshape(-1, classes)
 
-  def chunk_sums(chunk):
-    values, chunk_shift = chunk
+  def chunk_sums(values, chunk_shift):
     exps = jax.lax.optimization_barrier(jnp.exp(_softmax.compute(values) - chunk_shift))
     return jnp.sum(exps, axis=-1), jnp.sum(jnp.square(exps), axis=-1)
 
-  sums, squares = jax.lax.map(chunk_sums, (rows, shift.reshape(-1, 1)),
-                              batch_size=_softmax.rows_per_chunk(*rows.shape))
+  sums, squares = _softmax.by_row_chunks(chunk_sums, (rows, shift.reshape(-1, 1)),
+                                         _softmax.rows_per_chunk(*rows.shape))
   return sums.reshape(stored.shape[:-1]), squares.reshape(stored.shape[:-1])
 
 
