@@ -265,6 +265,53 @@ def test_sigmoid_focal_derivatives_to_third_order_at_and_around_zero(alpha):
                                  rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0, 3.0, 2.5])
+def test_sigmoid_focal_float32_gradient_matches_float64_over_wide_logits(gamma):
+  """Hard labels, float32: the gradient in the logits (a whole gamma's
+  modulating factor as products of sigmoid(-w), 2.5's as an exponential; the
+  cross-entropy's log1p from a log, `_sigmoid.log1p_by_log`) against autodiff
+  of the textbook formula in float64, to float32 rounding over logits where
+  it is 1 to 1e-26 in size. The exponential exp(-gamma softplus(w)) is off by
+  its argument's rounding, up to ~75 ulp here (3.1e-6 relative at gamma 2.5);
+  the products of a whole gamma are within a few ulp."""
+  z = np.concatenate([np.linspace(-30.0, 30.0, 6001), [0.0, 1e-6, -1e-6, 1e-3, -1e-3]])
+  logits = jnp.asarray(np.tile(z, 2), jnp.float32)
+  labels = jnp.asarray(np.repeat([0, 1], len(z)), jnp.int32)
+  ours = jax.jit(jax.grad(lambda v: jnp.sum(lossjax.sigmoid_focal_loss(
+      v, labels, gamma=gamma, alpha=0.25))))(logits)
+  with jax.enable_x64(True):
+    def textbook(v):
+      y = labels.astype(jnp.float64)
+      w = (2.0 * y - 1.0) * v
+      loss = -jax.nn.sigmoid(-w) ** gamma * jax.nn.log_sigmoid(w)
+      return jnp.sum((0.25 * y + 0.75 * (1.0 - y)) * loss)
+    theirs = np.asarray(jax.grad(textbook)(jnp.asarray(logits, jnp.float64)))
+  rtol = 2e-6 if float(gamma).is_integer() else 1e-5
+  np.testing.assert_allclose(np.asarray(ours, np.float64), theirs, rtol=rtol, atol=1e-37)
+
+
+def test_log1p_by_log_is_within_two_ulp_where_a_literal_one_is_not():
+  """log1p(x) for x in [0, 1] from a log: within 2 ulp of float64's in float32,
+  given two ones XLA cannot fold; with literal ones XLA rewrites the rounding
+  correction to 0 and what is left is log(1 + x), millions of ulp off for
+  small x."""
+  from lossjax import _sigmoid
+  x = np.exp(-np.linspace(0.0, 80.0, 200001)).astype(np.float32)
+  exact = np.log1p(x.astype(np.float64))
+  ulp = np.spacing(exact.astype(np.float32)).astype(np.float64)
+
+  def folded_ones(v):
+    return _sigmoid.log1p_by_log(v, 1.0, 1.0)
+
+  def barrier_ones(v):
+    v, (one, one_again) = jax.lax.optimization_barrier((v, (jnp.float32(1), jnp.float32(1))))
+    return _sigmoid.log1p_by_log(v, one, one_again)
+
+  error = lambda f: np.max(np.abs(np.asarray(jax.jit(f)(x), np.float64) - exact) / ulp)
+  assert error(barrier_ones) <= 2.0
+  assert error(folded_ones) > 1e6
+
+
 def test_pos_weight_matches_reference(rng):
   logits, labels = make_inputs("binary_cross_entropy", rng)
   np.testing.assert_allclose(

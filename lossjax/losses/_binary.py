@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lossjax import _checks
 from lossjax import _sigmoid
@@ -156,7 +157,7 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0,
   if not jnp.issubdtype(labels.dtype, jnp.floating):
     weight = jnp.asarray(0.5 if alpha is None else alpha, dtype)
     return _masked(_hard_focal(logits, labels, weight, jnp.asarray(gamma, dtype),
-                               alpha is not None), where)
+                               alpha is not None, _whole_power(gamma)), where)
   logits, labels = logits.astype(dtype), label_values(labels, dtype)
   log_p, log_not_p = _sigmoid.log_sigmoids(logits)
   cross_entropy = -labels * log_p - (1.0 - labels) * log_not_p
@@ -168,18 +169,22 @@ def sigmoid_focal_loss(logits, labels, *, alpha=None, gamma=2.0,
   return _masked(loss, where)
 
 
-def _hard_focal_terms(logits, labels, alpha, gamma, weighted, zero=0.0, one=1.0):
+def _hard_focal_terms(logits, labels, alpha, gamma, weighted, zero=0.0, one=1.0,
+                      one_again=None):
   """Hard labels: with w = (2y - 1) z, -log p_t = softplus(-w) and
   1 - p_t = sigmoid(-w), so (1 - p_t)^gamma = exp(-gamma softplus(w)): one
   more exp beside the cross-entropy's, exact in relative terms, one chain of
   arithmetic (no select). Returns 2y - 1, w, the cross-entropy, the
-  modulating factor, softplus(w) and alpha_t (None unless `weighted`)."""
+  modulating factor, softplus(w) and alpha_t (None unless `weighted`).
+  Given `one_again` (a 1 XLA cannot see as one), log1p(exp(-|z|)) is
+  `_sigmoid.log1p_by_log`'s."""
   dtype = alpha.dtype
   z, y = logits.astype(dtype), label_values(labels, dtype)
   sign = (one + one) * y - one
   w = sign * z
   exp_abs = jnp.exp(-jnp.abs(z))
-  shared = jnp.log1p(exp_abs)
+  shared = (jnp.log1p(exp_abs) if one_again is None
+            else _sigmoid.log1p_by_log(exp_abs, one, one_again))
   softplus_w = jnp.maximum(w, zero) + shared
   cross_entropy = jnp.maximum(-w, zero) + shared
   modulator = jnp.exp(-gamma * softplus_w)
@@ -187,8 +192,24 @@ def _hard_focal_terms(logits, labels, alpha, gamma, weighted, zero=0.0, one=1.0)
   return sign, w, cross_entropy, modulator, softplus_w, alpha_t, exp_abs
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
-def _hard_focal(logits, labels, alpha, gamma, weighted):
+# A gamma known to be a whole number up to this takes the gradient's
+# (1 - p_t)^gamma as products (`_hard_focal_slopes`).
+WHOLE_POWERS_UP_TO = 8
+
+
+def _whole_power(gamma) -> int | None:
+  """gamma as an int where it is a known whole number up to
+  `WHOLE_POWERS_UP_TO` (not traced: no derivative in it is asked for), else None."""
+  if _checks.is_traced(gamma):
+    return None
+  value = np.asarray(gamma, np.float64)
+  if value.ndim or not float(value).is_integer() or not 0 <= value <= WHOLE_POWERS_UP_TO:
+    return None
+  return int(value)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def _hard_focal(logits, labels, alpha, gamma, weighted, power):
   _, _, cross_entropy, modulator, _, alpha_t, _ = _hard_focal_terms(
       logits, labels, alpha, gamma, weighted)
   loss = cross_entropy * modulator
@@ -196,44 +217,53 @@ def _hard_focal(logits, labels, alpha, gamma, weighted):
 
 
 @_hard_focal.defjvp
-def _hard_focal_jvp(weighted, primals, tangents):
+def _hard_focal_jvp(weighted, power, primals, tangents):
   logits, labels, alpha, gamma = primals
   logits_dot, _, alpha_dot, gamma_dot = tangents
-  d_logits, d_gamma, alpha_t, d_alpha = _hard_focal_slopes(logits, labels, alpha, gamma, weighted)
+  d_logits, d_gamma, alpha_t, d_alpha = _hard_focal_slopes(logits, labels, alpha, gamma,
+                                                           weighted, power)
   tangent = d_logits * logits_dot.astype(alpha.dtype) + d_gamma * gamma_dot
   if weighted:
     tangent = alpha_t * tangent + d_alpha * alpha_dot
-  return _hard_focal(logits, labels, alpha, gamma, weighted), tangent
+  return _hard_focal(logits, labels, alpha, gamma, weighted, power), tangent
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
-def _hard_focal_slopes(logits, labels, alpha, gamma, weighted):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def _hard_focal_slopes(logits, labels, alpha, gamma, weighted, power):
   """The unweighted loss's derivatives in the logit and in gamma, alpha_t,
   and the loss's derivative in alpha (alpha_t and the last None unless
-  `weighted`): each one chain of arithmetic, for the gradient's loop."""
-  (z, y, alpha_, gamma_), (zero, one) = separate((logits, labels, alpha, gamma), (0, 1),
-                                                 alpha.dtype)
+  `weighted`): each one chain of arithmetic, for the gradient's loop, with
+  one exp, one log and one division (docs/measurement.md). Given `power`
+  (gamma, a known whole number), the modulating factor is q^power by
+  products, not the exponential of the loss's own chain."""
+  (z, y, alpha_, gamma_), (zero, one, one_again) = separate(
+      (logits, labels, alpha, gamma), (0, 1, 1), alpha.dtype)
   sign, w, cross_entropy, modulator, softplus_w, alpha_t, exp_abs = _hard_focal_terms(
-      z, y, alpha_, gamma_, weighted, zero, one)
+      z, y, alpha_, gamma_, weighted, zero, one, one_again)
   # With q = sigmoid(-w): d softplus(-w)/dw = -q, d exp(-gamma softplus(w))/dw
   # = -gamma sigmoid(w) exp(...), so dl/dw = -m (q + gamma ce sigmoid(w)).
-  # Both sigmoids from one exp (on top of the terms' own two): with
-  # E = exp(-w), (1 + exp(-|w|)) q = exp(-max(w, 0)) = min(1, E) and
-  # (1 + exp(-|w|)) p = min(1, 1 / E), exact at E = 0 and E = inf too.
-  exp_minus_w = jnp.exp(-w)
-  inverse = one / (one + exp_abs)
-  q = jnp.minimum(one, exp_minus_w) * inverse
-  p = jnp.minimum(one, one / exp_minus_w) * inverse
+  # Both sigmoids from the terms' exp(-|w|), no exponential of their own:
+  # sigmoid(|w|) = 1 / (1 + exp(-|w|)) and sigmoid(-|w|) = exp(-|w|) times
+  # that, the sign of w picking which is p and which q (a select is no cost
+  # in this loop, which writes the gradient; only the loss's reduction
+  # cannot take one).
+  larger = one / (one + exp_abs)
+  smaller = exp_abs * larger
+  positive = w >= zero
+  q = jnp.where(positive, smaller, larger)
+  p = jnp.where(positive, larger, smaller)
+  if power is not None:
+    modulator = jax.lax.integer_pow(q, power)
   d_w = -modulator * (q + gamma_ * cross_entropy * p)
   d_alpha = sign * cross_entropy * modulator if weighted else None
   return sign * d_w, -(cross_entropy * modulator * softplus_w), alpha_t, d_alpha
 
 
 @_hard_focal_slopes.defjvp
-def _hard_focal_slopes_jvp(weighted, primals, tangents):
+def _hard_focal_slopes_jvp(weighted, power, primals, tangents):
   # The slopes' own derivatives (the loss's second order) by autodiff of the
   # same slopes written with smooth functions: the chain above has kinks at
-  # w = 0 (|w|, max(w, 0), the min picks) that cancel in its value but not
+  # w = 0 (|w|, max(w, 0), the selects) that cancel in its value but not
   # in autodiff's derivative of it (0.08 for 0.40 at z = 0, gamma = 2).
   return jax.jvp(lambda *args: _smooth_hard_focal_slopes(*args, weighted), primals, tangents)
 
