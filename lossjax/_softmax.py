@@ -300,7 +300,19 @@ def _row_max_jvp(primals, tangents):
 def _row_max_tangent(values: Array, top: Array, d_wide: Array) -> Array:
   """jnp.max's tangent, in the compute dtype, of the row maxima `top`."""
   level = compute(top)
-  return jnp.sum(_indicator(values, level) * d_wide, axis=-1) / _count_equal(values, level)
+  return jnp.sum(_indicator(values, level) * d_wide, axis=-1) / _count_at_max(values, level)
+
+
+def _count_at_max(values: Array, top: Array) -> Array:
+  """`_count_equal` where `top` is each row's max: every value is at most it,
+  so the count is C less the sum of min((top - z) / tiny, 1), two operations
+  a logit fewer than the indicator's (no |.|, no 1 - .)."""
+  if not _two_byte_float(values):
+    return _count_equal(values, top)
+  one, scale = _indicator_constants(top.dtype)
+  values, top, one, scale = read_again((values, top, one, scale))
+  below = jnp.minimum((top[..., None] - compute(values)) * scale, one)
+  return values.shape[-1] - apart(jnp.sum(below, axis=-1))
 
 
 def _indicator(values: Array, level: Array, constants: tuple | None = None) -> Array:
@@ -469,10 +481,34 @@ def _rival_max_tangent(values: Array, labels: Array, rival: Array, d_wide: Array
   level = jnp.where(rival == -jnp.inf, 0.0, compute(rival))
   true_logit = compute(take_class(values, labels))
   true_at_level = _indicator(true_logit[..., None], level)[..., 0]
-  count = _count_equal(values, level) - true_at_level
+  count = _count_at_rival(values, level, true_logit, true_at_level)
   share = (jnp.sum(_indicator(values, level) * d_wide, axis=-1)
            - true_at_level * _true_class_tangent(labels, d_wide))
   return share / jnp.maximum(count, 1.0)
+
+
+def _count_at_rival(values: Array, rival: Array, true_logit: Array,
+                    true_at_level: Array) -> Array:
+  """How many classes other than the label's have the value `rival`, their
+  max. Two-byte floats count in a pass of their own (see `_count_equal`) one
+  operation a logit shorter: every value but the label's is at most `rival`,
+  so with t = clip((rival - z) / tiny, 0, 1) (0 at the rival, else 1, and
+  also 0 where the label's value is above it) the count is C - 1 less the
+  sum of t over the classes other than the label's."""
+  if not _two_byte_float(values):
+    return _count_equal(values, rival) - true_at_level
+  constants = (jnp.zeros((), rival.dtype),) + _indicator_constants(rival.dtype)
+  label_t = _short_of(true_logit, rival, constants)
+  values, level, constants = read_again((values, rival, constants))
+  total = apart(jnp.sum(_short_of(compute(values), level[..., None], constants), axis=-1))
+  return (values.shape[-1] - 1) - (total - label_t)
+
+
+def _short_of(values: Array, level: Array, constants: tuple) -> Array:
+  """clip((level - values) / tiny, 0, 1): 0 where a value is at or above
+  `level`, 1 below it (exact as `_indicator` is); `constants` (0, 1, 1 / tiny)."""
+  zero, one, scale = constants
+  return jnp.minimum(jnp.maximum((level - values) * scale, zero), one)
 
 
 def _true_class_tangent(labels: Array, d_values: Array) -> Array:

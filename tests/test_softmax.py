@@ -159,6 +159,29 @@ def test_rival_max_is_the_max_without_the_label_with_its_derivative(classes, dty
                              rtol=2 * rtol, atol=1e-7)
 
 
+@pytest.mark.parametrize("classes", [7, 96, 1000])  # no block; two of 48; twenty of 50
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+def test_row_max_derivative_averages_over_ties(classes, dtype, rng):
+  """row_max's derivative is jnp.max's: the tangent averaged over the row's
+  maxima. Few distinct values, so most rows have several; a row of -inf
+  logits but one. The count of two-byte rows is C less a sum that only a max
+  allows (`_count_at_max`)."""
+  values = np.asarray(rng.integers(-3, 4, size=(12, classes)) / 2, np.float32)
+  values[0, 1:] = -np.inf
+  values = jnp.asarray(values, dtype)
+  np.testing.assert_array_equal(_softmax.row_max(values), jnp.max(values, axis=-1))
+  f32 = lambda x: x.astype(jnp.float32)
+  tangent = jnp.asarray(rng.normal(size=values.shape), dtype)
+  _, got = jax.jvp(_softmax.row_max, (values,), (tangent,))
+  _, want = jax.jvp(lambda v: jnp.max(v, axis=-1), (f32(values),), (f32(tangent),))
+  rtol = 2.0 ** -8 if dtype == jnp.bfloat16 else 1e-6
+  np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=rtol, atol=1e-7)
+  weights = jnp.asarray(rng.normal(size=values.shape[0]), jnp.float32)
+  grad = jax.grad(lambda v: jnp.sum(weights * f32(_softmax.row_max(v))))(values)
+  want = jax.grad(lambda v: jnp.sum(weights * jnp.max(v, axis=-1)))(f32(values))
+  np.testing.assert_allclose(np.asarray(grad, np.float32), want, rtol=2 * rtol, atol=1e-7)
+
+
 @pytest.mark.parametrize("rows", [4096, 4099])  # 4 chunks of 1024 rows; a prime: none
 def test_rival_max_over_chunks_of_rows_is_the_select(rows, rng):
   """float32 blocks are searched a chunk of rows at a time, each chunk with its
