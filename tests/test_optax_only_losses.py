@@ -230,6 +230,27 @@ def test_safe_cross_entropy_takes_zero_log_zero_as_zero():
   np.testing.assert_allclose(grad, [[0.0, 0.0, 0.0]], atol=1e-7)
 
 
+@pytest.mark.parametrize("label_dtype", [jnp.int32, jnp.uint8, jnp.bool_, jnp.float32])
+def test_binary_sparsemax_at_its_kinks_and_far_out(label_dtype):
+  """sparseplus(-(2y - 1) z) in float32 against float64 where its pieces meet
+  (x = -(2y - 1) z at -1 and 1, and an ulp either side), at 0 and far out (x
+  to 1e30, where x + 1 rounds to x), for every label dtype; a traced integer
+  label other than 0 and 1 reads as 2 (`_binary.label_values`)."""
+  one_ulp = np.float32(1 + 2.0 ** -23)
+  x = np.array([-1e30, -3.0, -1 * one_ulp, -1.0, -1 / one_ulp, -0.5, 0.0, 1e-7, 0.5,
+                1 / one_ulp, 1.0, 1 * one_ulp, 3.0, 1e7 + 1, 1e30], np.float32)
+  z = np.concatenate([x, -x])
+  y = np.repeat([0, 1], len(x))
+  def sparseplus(x):
+    x = np.asarray(x, np.float64)
+    return np.where(x <= -1, 0.0, np.where(x >= 1, x, (x + 1) ** 2 / 4))
+  got = jax.jit(lossjax.sparsemax_loss)(jnp.asarray(z), jnp.asarray(y, label_dtype))
+  np.testing.assert_allclose(np.asarray(got, np.float64), sparseplus(np.concatenate([x, x])),
+                             rtol=2e-7, atol=0)
+  twos = jax.jit(lossjax.sparsemax_loss)(jnp.asarray(z), jnp.full(z.shape, 2, jnp.int32))
+  np.testing.assert_allclose(np.asarray(twos, np.float64), sparseplus(-3.0 * z), rtol=2e-7)
+
+
 def test_sparsemax_is_the_simplex_projection(rng):
   z = jnp.asarray(rng.normal(size=(50, 9)) * 2, jnp.float32)
   p = lossjax.sparsemax(z)

@@ -49,6 +49,20 @@ def label_values(labels: Array, dtype) -> Array:
   return labels.astype(jnp.uint8).astype(dtype)
 
 
+def label_signs(labels: Array, dtype) -> Array:
+  """1 - 2y as `dtype` numbers: +1 for label 0, -1 for label 1; integer and
+  boolean labels through int8, as `label_values`' through uint8 (a traced
+  integer other than 0 and 1 reads as 2, so -3 here), the two steps of
+  arithmetic done in the labels' own pass (in int32, which the library
+  kernel that reads the int8 signs does not take)."""
+  if jnp.issubdtype(labels.dtype, jnp.floating):
+    return 1.0 - 2.0 * labels.astype(dtype)
+  signs = 1 - 2 * labels.astype(jnp.int32)
+  if labels.dtype != jnp.bool_:
+    signs = jnp.where((labels == 0) | (labels == 1), signs, -3)
+  return signs.astype(jnp.int8).astype(dtype)
+
+
 def separate(values: tuple, constants: tuple, dtype) -> tuple:
   """`values`, and `constants` as `dtype` scalars, behind an optimization
   barrier: the inputs of a derivative's own arithmetic.
