@@ -44,12 +44,12 @@ def _threshold_and_support(logits: Array) -> tuple:
   stops changing (at most C rounds; `_start` gives the first t).
 
   Each round is two reductions of one elementwise chain of the logits each
-  (the excess sum relu(z - t) and the count |S|, as min(relu(z - t) / tiny, 1)):
+  (the excess sum relu(z - t) and the count |S|, as sign(relu(z - t))):
   XLA:CPU runs such a chain in one vectorised pass, where a compare or a
   select (z > t) is first written out as a logits-sized array
-  (docs/measurement.md has the count measured both ways). The count is exact for every z - t above
-  the dtype's smallest normal number; a z within that of t counts partly,
-  and its share of the probability is below that number. The rounds run on
+  (docs/measurement.md has the count measured both ways). The count is
+  exact; a z - t below the dtype's smallest normal number is flushed to 0
+  by XLA:CPU, and its share of the probability is below that number. The rounds run on
   chunks of rows (`_softmax.CHUNK` logits, `_softmax.by_row_chunks`), each
   chunk's rows until all of its rows stop, so that the logits of every round
   after the first come from the cache, and a round skips its step in a chunk
@@ -73,10 +73,10 @@ def _threshold_and_support(logits: Array) -> tuple:
 
 
 def _indicator(values: Array, t: Array) -> Array:
-  """[values > t] as arithmetic, min(relu(values - t) / tiny, 1) (see
-  `_threshold_and_support`)."""
-  scale = 1.0 / jnp.finfo(values.dtype).tiny
-  return jnp.minimum(jnp.maximum(values - t, 0.0) * scale, 1.0)
+  """[values > t] as arithmetic, sign(relu(values - t)) (see
+  `_threshold_and_support`): three operations a logit, where min(relu(values
+  - t) / tiny, 1) took four."""
+  return jnp.sign(jnp.maximum(values - t, 0.0))
 
 
 def _count(values: Array, t: Array) -> Array:
