@@ -267,10 +267,10 @@ def sparsemax_loss(logits, labels, *, where=None) -> Array:
 
 
 def _sparseplus_terms(logits, labels, zero=0.0, one=1.0):
-  """x = (1 - 2y) z, relu(x + 1) and relu(x - 1): sparseplus(x) is
-  (relu(x + 1) - relu(x - 1))^2 / 4 + relu(x - 1), its derivative half the
-  difference, one chain of arithmetic without a select (which XLA:CPU writes
-  out before its reduction) or a clamp (which it cannot fuse into one)."""
+  """1 - 2y, relu(x + 1) and relu(x - 1) for x = (1 - 2y) z: sparseplus'
+  derivative is half their difference (the loss's own chain,
+  `_binary_sparsemax`, is shorter), one chain of arithmetic without a select
+  or a clamp for the gradient's loop."""
   dtype = _checks.compute_dtype(logits.dtype)
   sign = one - (one + one) * _binary.label_values(labels, dtype)
   x = sign * logits.astype(dtype)
