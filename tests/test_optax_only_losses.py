@@ -284,12 +284,16 @@ def test_sparsemax_bfloat16_is_its_float32_upcast(shape, rng):
   assert np.all(np.abs(got - want) <= rounding)
 
 
-@pytest.mark.parametrize("classes", [100, 130, 300, 1000])
-def test_sparsemax_rows_whose_support_is_every_class_or_one(classes, rng):
-  """Rows where the rounds' start (from the maxima of blocks of classes, past
-  128 classes; 130 and 300 leave classes over) is furthest from the
-  threshold or on it: all logits equal, all within 1e-3, one far above the
-  rest, two tied above the rest, half of them -inf; and Gaussian rows."""
+@pytest.mark.parametrize("classes, copies", [(100, 1), (130, 1), (131, 1), (300, 1), (1000, 1),
+                                             (1000, 40)])
+def test_sparsemax_rows_whose_support_is_every_class_or_one(classes, copies, rng):
+  """Rows where the rounds' start is furthest from the threshold or on it:
+  all logits equal, all within 1e-3, one far above the rest, two tied above
+  the rest (in one block of classes), half of them -inf; and Gaussian rows.
+  Each start: max - 1 (100 classes); the fixed point of the block maxima
+  (130, 300 and 1000 classes in 7 rows, blocks of 26, 30 and 25); steps on
+  the maxima of blocks of 32 and the classes left over (131 classes, which
+  no block divides, and 1000 classes in 280 rows, chunks of 140 rows)."""
   rows = np.stack([
       np.full(classes, 0.7),
       rng.normal(size=classes) * 1e-3,
@@ -298,7 +302,7 @@ def test_sparsemax_rows_whose_support_is_every_class_or_one(classes, rng):
       np.where(np.arange(classes) % 2 == 0, -np.inf, rng.normal(size=classes) * 2),
       rng.normal(size=classes) * 2,
       rng.normal(size=classes) * 0.3,
-  ]).astype(np.float32)
+  ] * copies).astype(np.float32)
   labels = jnp.asarray(rng.integers(0, classes // 2, size=len(rows)) * 2 + 1)
   z = jnp.asarray(rows)
   want = reference.sparsemax_probabilities(rows)
@@ -326,14 +330,22 @@ def test_sparsemax_jacobian_and_the_loss_hessian_are_the_supports_projection(rng
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
-def test_sparsemax_rows_with_a_nan_give_nan_and_leave_the_others_exact(rng):
-  z = rng.normal(size=(8, 2000)).astype(np.float32) * 2
-  labels = jnp.asarray(rng.integers(0, 2000, size=8))
+@pytest.mark.parametrize("rows, classes", [(8, 2000), (280, 1000), (8, 131)])
+def test_sparsemax_rows_with_a_nan_give_nan_and_leave_the_others_exact(rows, classes, rng):
+  """A NaN logit below its row's threshold (XLA:CPU's max drops it from the
+  maxima, the count and the excess sum) still makes its row's loss, gradient
+  and probabilities NaN, from each start (see the test above)."""
+  z = rng.normal(size=(rows, classes)).astype(np.float32) * 2
+  labels = jnp.asarray(rng.integers(0, classes, size=rows))
   clean = np.asarray(lossjax.multiclass_sparsemax_loss(z, labels))
-  z[3, 17] = np.nan  # that row's count is NaN: it must not hold the others' rounds open
-  got = np.asarray(jax.jit(lossjax.multiclass_sparsemax_loss)(z, labels))
+  z[3, np.argmin(z[3])] = np.nan  # that row's count is NaN: it must not hold the others' rounds open
+  loss = jax.jit(lossjax.multiclass_sparsemax_loss)
+  got = np.asarray(loss(z, labels))
   assert np.isnan(got[3])
   np.testing.assert_allclose(np.delete(got, 3), np.delete(clean, 3), rtol=1e-6)
+  grad = np.asarray(jax.jit(jax.grad(lambda z: loss(z, labels).sum()))(z))
+  assert np.isnan(grad[3]).all() and np.isfinite(np.delete(grad, 3, axis=0)).all()
+  assert np.isnan(np.asarray(jax.jit(lossjax.sparsemax)(z))[3]).all()
 
 
 def test_no_classes_left_gives_zero_as_optax():

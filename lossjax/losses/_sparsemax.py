@@ -41,7 +41,12 @@ def _threshold_and_support(logits: Array) -> tuple:
   Michelot's fixed point, from below: with S = {z > t}, the next t is
   (sum_S z - 1) / |S| = t + (sum_c relu(z_c - t) - 1) / |S|. From any t at or
   below tau, t only grows and S only shrinks, so it stops, exactly, once |S|
-  stops changing (at most C rounds; `_start` gives the first t).
+  stops changing (at most C rounds).
+
+  The rounds start from the fixed point of the rows' block maxima
+  (`_maxima_start`) where the classes divide into blocks and a chunk holds
+  few rows; otherwise each chunk starts from Michelot's steps on its own
+  block maxima (`_start`).
 
   Each round is two reductions of one elementwise chain of the logits each
   (the excess sum relu(z - t) and the count |S|, as sign(relu(z - t))):
@@ -63,11 +68,13 @@ def _threshold_and_support(logits: Array) -> tuple:
   classes = z.shape[-1]
   rows = z.reshape(-1, classes)
   chunk = _softmax.rows_per_chunk(*rows.shape)
+  start = _maxima_start(rows)
   if rows.dtype == jnp.bfloat16 and classes > 0 and classes % 2 == 0:
     pairs = jax.lax.bitcast_convert_type(rows.reshape(-1, classes // 2, 2), jnp.uint32)
-    tau, n = _softmax.by_row_chunks(lambda p: _fixed_point(_unpack(p)), (pairs,), chunk)
+    rounds = lambda p, *start: _fixed_point(_unpack(p), *start)
+    tau, n = _softmax.by_row_chunks(rounds, (pairs, *start), chunk)
   else:
-    tau, n = _softmax.by_row_chunks(_fixed_point, (rows,), chunk)
+    tau, n = _softmax.by_row_chunks(_fixed_point, (rows, *start), chunk)
   shape = z.shape[:-1] + (1,)
   return tau.reshape(shape), n.reshape(shape)
 
@@ -81,6 +88,18 @@ def _indicator(values: Array, t: Array) -> Array:
 
 def _count(values: Array, t: Array) -> Array:
   return _softmax.apart(jnp.sum(_indicator(values, t), axis=-1, keepdims=True))
+
+
+def _count_or_nan(values: Array, t: Array) -> Array:
+  """`_count`, NaN in a row with a NaN: sign(x) sign(relu(x)), x = values - t.
+  XLA:CPU's library kernel drops a NaN from a max (relu(NaN) is 0 there), and
+  so from the count, the excess sum and the block maxima; sign(NaN) is NaN,
+  and sign(x) is -1, not NaN, for a logit of -inf. Two operations a logit
+  more than `_count`'s chain, and x is written out a chunk at a time (with
+  the values behind a barrier for one of the signs instead, 1.1-1.3x the time):
+  it is taken once a chunk."""
+  signs = jnp.sign(values - t)
+  return _softmax.apart(jnp.sum(signs * _indicator(values, t), axis=-1, keepdims=True))
 
 
 def _excess(values: Array, t: Array) -> Array:
@@ -100,17 +119,83 @@ def _unpack(pairs: Array) -> Array:
   return jnp.concatenate([lo, hi], axis=-1)
 
 
-# Classes a block in `_start`'s bound, and Michelot steps taken on the
-# blocks' maxima (measured in docs/measurement.md).
+# Classes a block in the rounds' starts (`_maxima_start`, `_start`), and
+# Michelot steps `_start` takes on the blocks' maxima (measured in
+# docs/measurement.md).
 BLOCK = 32
 BLOCK_STEPS = 3
 
 
+def _maxima_block(classes: int) -> int | None:
+  """Classes a block for `_maxima_start`: the divisor of `classes` nearest
+  BLOCK within half to twice BLOCK (the smaller on a tie), or None where
+  there is none or the rows are narrower than 4 BLOCK."""
+  if classes < 4 * BLOCK:
+    return None
+  near = sorted(range(BLOCK // 2, 2 * BLOCK + 1), key=lambda k: (abs(k - BLOCK), k))
+  return next((k for k in near if classes % k == 0), None)
+
+
+# The most rows a chunk may hold for the rounds to start from the block
+# maxima's threshold (`_maxima_start`; measured in docs/measurement.md).
+MAXIMA_START_ROWS = 128
+
+
+def _maxima_start(rows: Array) -> tuple:
+  """The rounds' start for rows `[rows, C]`: `(t, n)`, `[rows, 1]` each, the
+  fixed point of Michelot's rounds on each row's block maxima
+  (`_maxima_block` classes a block) and its count; `()`, each chunk then
+  taking `_start`, where the classes have no such block or a chunk holds more
+  than MAXIMA_START_ROWS rows.
+
+  The maxima's threshold t lies at or below tau (a block's max is one of
+  its logits), and it is tau itself where the row counts n logits above t,
+  as many as the maxima: the logits above t are then the maxima above t,
+  whose excess sum is 1. So the first round's count either ends the row's
+  rounds or gives the step from t. For Gaussian logits of scale 2 (the
+  benchmarks') 0.6% of rows of 32,000 classes need that step (a block holds
+  two of the support), and a chunk of 8 rows rarely holds one; 6.5% of rows
+  of 1,000 classes do, and nearly every chunk of 256 rows still takes the
+  step and one more count, so that the maxima's pass and rounds cost about
+  what they save there.
+
+  The maxima are one pass over the stored logits for all rows (a slice of
+  the logits, for classes no block divides, would be copied out); their
+  rounds, on chunks of rows, read `C / k` values a row.
+  """
+  k = _maxima_block(rows.shape[-1])
+  if k is None or _softmax.rows_per_chunk(*rows.shape) > MAXIMA_START_ROWS:
+    return ()
+  maxima = _softmax.compute(jnp.max(rows.reshape(rows.shape[0], -1, k), axis=-1))
+  return _softmax.by_row_chunks(_maxima_fixed_point, (maxima,),
+                                _softmax.rows_per_chunk(*maxima.shape))
+
+
+def _maxima_fixed_point(maxima: Array) -> tuple:
+  """Michelot's rounds on `[rows, n]` values from max - 1 to their fixed
+  point: `(t, n)`, `[rows, 1]` each. A round steps, then counts; the rounds
+  stop when no row's count changed (a NaN row's count, never equal to
+  itself, is left out of the test)."""
+  t = jnp.max(maxima, axis=-1, keepdims=True) - 1.0
+
+  def round_(state):
+    t, n, _, rounds = state
+    t = _step(maxima, t, n)
+    new = _count(maxima, t)
+    changed = jnp.any((new != n) & (new == new))
+    return t, new, changed & (rounds < maxima.shape[-1]), rounds + 1
+
+  state = (t, _count(maxima, t), jnp.array(True), jnp.array(0))
+  t, n, _, _ = jax.lax.while_loop(lambda state: state[2], round_, state)
+  return t, n
+
+
 def _start(z: Array) -> Array:
-  """A first t at or below tau for rows `[rows, C]`: Michelot's steps on the
-  rows' block maxima (BLOCK classes a block, and the classes left over as one
-  more). Each block adds at least relu(its max - t) to the excess sum, so the
-  maxima's own threshold, and each of their Michelot steps from max - 1
+  """A first t at or below tau for a chunk of rows `[rows, C]` where
+  `_maxima_start` gives none: Michelot's steps on the rows' block maxima
+  (BLOCK classes a block, and the classes left over as one more). Each block
+  adds at least relu(its max - t) to the excess sum, so the maxima's own
+  threshold, and each of their Michelot steps from max - 1
   (which never pass it), lies at or below tau. For Gaussian logits of scale
   2 (the benchmarks'), 2.3% of rows of 1000 classes and 1.4% of 32000 need
   more than the first full round from there; from max - 1, 58% and 72% did,
@@ -130,26 +215,38 @@ def _start(z: Array) -> Array:
   return t
 
 
-def _fixed_point(z: Array):
+def _fixed_point(z: Array, t: Array | None = None, n: Array | None = None):
   """Michelot's rounds for a chunk of rows `[rows, C]`: tau and |S| at the
   fixed point, `[rows, 1]` each. A round counts |S| first and takes its step
-  only where a row's count changed."""
+  only where a row's count changed. From `(t, n)`, a start at or below tau
+  and the count it was taken with (`_maxima_start`), or else from `_start`'s
+  bound and one step.
+
+  A row with a NaN gets a NaN tau (and so NaN probabilities, loss and
+  gradient), and the other rows' rounds leave it out of their test: from
+  `(t, n)` its first count is NaN (`_count_or_nan`), which the rounds carry;
+  from `_start`, its first step's excess sum is (XLA:CPU's loop keeps the NaN
+  there; the tests hold both starts to it).
+  """
   z = _softmax.compute(z)
 
-  def round_(state):
+  def round_(state, count=_count):
     t, n, _, rounds = state
-    new = _count(z, t)
-    # A row with a NaN counts NaN, which never equals itself: it is left out of
-    # the test (it would keep every row going to the round limit, C rounds).
+    new = count(z, t) + 0.0 * n
+    # A NaN count never equals itself: left out of the test, it cannot keep
+    # every row going to the round limit (C rounds).
     changed = jnp.any((new != n) & (new == new))
     t = jax.lax.cond(changed, lambda: _step(z, t, new), lambda: t)
     return t, new, changed & (rounds < z.shape[-1]), rounds + 1
 
-  start = _start(z)
-  n = _count(z, start)
-  state = (_step(z, start, n), n, jnp.array(True), jnp.array(0))
+  if t is None:
+    start = _start(z)
+    n = _count(z, start)
+    state = (_step(z, start, n), n, jnp.array(True), jnp.array(0))
+  else:
+    state = round_((t, n, jnp.array(True), jnp.array(0)), _count_or_nan)
   tau, n, _, _ = jax.lax.while_loop(lambda state: state[2], round_, state)
-  return tau, n
+  return jnp.where(jnp.isnan(n), n, tau), n
 
 
 def sparsemax(logits: Array) -> Array:
