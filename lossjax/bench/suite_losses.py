@@ -57,10 +57,32 @@ def _labels_read(y):
   return jnp.sum(y).astype(jnp.float32)
 
 
+def _paired_native(z, y):
+  # Both sums as one variadic reduce, which XLA:CPU's library kernel does not
+  # take: its own loop reads the int32 labels beside the logits.
+  f32 = jnp.float32
+  pairs, plain = jax.lax.reduce((y.astype(f32) * z.astype(f32), z.astype(f32)), (f32(0), f32(0)),
+                                lambda a, b: (a[0] + b[0], a[1] + b[1]), (0,))
+  return pairs + plain
+
+
 def _floor_programs(kind: str) -> dict:
   f32 = lambda z: z.astype(jnp.float32)
-  if kind in ("read", "binary_read"):
+  if kind == "read":
     return {"read": lambda z, y: jnp.sum(z, dtype=jnp.float32) + _labels_read(y)}
+  if kind == "binary_read":
+    # A binary loss's value depends on each label together with its own logit
+    # (binary sparsemax's is sparseplus(z) - y z): the least such arithmetic
+    # is sum(y z). Summing the labels apart from the logits (`read`) pairs
+    # nothing, which no binary loss can do on XLA:CPU, whose library kernel
+    # does not take int32 labels (docs/measurement.md).
+    int8 = lambda y: y.astype(jnp.int8).astype(jnp.float32)
+    return {"pairs_float": lambda z, y: jnp.sum(y.astype(jnp.float32) * f32(z)),
+            "pairs_int8": lambda z, y: jnp.sum(int8(y) * f32(z)),
+            # the int8 labels written out first, as lossjax's label pass does
+            "pairs_int8_apart": lambda z, y: jnp.sum(
+                int8(jax.lax.optimization_barrier(y.astype(jnp.int8))) * f32(z)),
+            "pairs_native": _paired_native}
   if kind == "sigmoid":
     return {"jax_softplus": lambda z, y: jnp.sum(jax.nn.softplus(f32(z))) + _labels_read(y),
             "lossjax_softplus": lambda z, y: -jnp.sum(_sigmoid.log_sigmoids(f32(z))[1])
