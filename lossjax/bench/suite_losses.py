@@ -46,24 +46,51 @@ def _optax_fn(spec):
 
 # The least arithmetic each kind of loss needs, as a program of its own (each
 # reduces to one number, so it writes nothing): every loss reads its logits
-# and labels (for a binary loss the labels are as many as the logits); a
-# softmax loss also takes an exponential per logit relative to a per-row
-# shift that keeps it finite (the row max, or one of the row's logits) and
-# row sums; a sigmoid loss a softplus (an exp and a log1p) per logit. Each floor
-# is the fastest of its formulations, measured in the same test: which one
-# that is depends on the backend, the dtype and the JAX version
-# (docs/measurement.md), and a floor slower than the loss would be no floor.
+# and labels; a binary loss's labels are as many as its logits, and each
+# label meets its own logit (`_paired`); a softmax loss also takes an
+# exponential per logit relative to a per-row shift that keeps it finite
+# (the row max, or one of the row's logits) and row sums; a sigmoid loss a
+# softplus (an exp and a log1p) per logit. Each floor is the fastest of its
+# formulations, measured in the same test: which one that is depends on the
+# backend, the dtype and the JAX version (docs/measurement.md), and a floor
+# slower than the loss would be no floor.
 def _labels_read(y):
   return jnp.sum(y).astype(jnp.float32)
 
 
+# The signs 1 - 2y of binary labels as float32 factors, in each way a label
+# can meet its logit: converted to float32; through int8; through int8
+# written out first, as lossjax's own label pass writes them. XLA:CPU's
+# library kernel takes no int32 labels, so summing them apart from the logits
+# pairs nothing, which no binary loss can do (docs/measurement.md).
+_LABEL_SIGNS = {
+    "float": lambda y: 1.0 - 2.0 * y.astype(jnp.float32),
+    "int8": lambda y: (1 - 2 * y).astype(jnp.int8).astype(jnp.float32),
+    "int8_apart": lambda y: jax.lax.optimization_barrier(
+        (1 - 2 * y).astype(jnp.int8)).astype(jnp.float32),
+}
+
+
+def _paired(chain) -> dict:
+  """`chain(x)` summed over x = (1 - 2y) z, one program for each of
+  `_LABEL_SIGNS`."""
+  return {route: lambda z, y, s=signs: jnp.sum(chain(s(y) * z.astype(jnp.float32)))
+          for route, signs in _LABEL_SIGNS.items()}
+
+
 def _paired_native(z, y):
-  # Both sums as one variadic reduce, which XLA:CPU's library kernel does not
-  # take: its own loop reads the int32 labels beside the logits.
+  # sum((1 - 2y) z) and sum(z) as one variadic reduce, which XLA:CPU's
+  # library kernel does not take: its own loop reads the int32 labels
+  # beside the logits.
   f32 = jnp.float32
-  pairs, plain = jax.lax.reduce((y.astype(f32) * z.astype(f32), z.astype(f32)), (f32(0), f32(0)),
+  z = z.astype(f32)
+  pairs, plain = jax.lax.reduce(((1.0 - 2.0 * y.astype(f32)) * z, z), (f32(0), f32(0)),
                                 lambda a, b: (a[0] + b[0], a[1] + b[1]), (0,))
   return pairs + plain
+
+
+def _renamed(prefix: str, programs: dict) -> dict:
+  return {f"{prefix}_{route}": fn for route, fn in programs.items()}
 
 
 def _floor_programs(kind: str) -> dict:
@@ -71,29 +98,20 @@ def _floor_programs(kind: str) -> dict:
   if kind == "read":
     return {"read": lambda z, y: jnp.sum(z, dtype=jnp.float32) + _labels_read(y)}
   if kind == "binary_read":
-    # A binary loss's value depends on each label together with its own logit
-    # (binary sparsemax's is sparseplus(z) - y z): the least such arithmetic
-    # is sum(y z). Summing the labels apart from the logits (`read`) pairs
-    # nothing, which no binary loss can do on XLA:CPU, whose library kernel
-    # does not take int32 labels (docs/measurement.md).
-    int8 = lambda y: y.astype(jnp.int8).astype(jnp.float32)
-    return {"pairs_float": lambda z, y: jnp.sum(y.astype(jnp.float32) * f32(z)),
-            "pairs_int8": lambda z, y: jnp.sum(int8(y) * f32(z)),
-            # the int8 labels written out first, as lossjax's label pass does
-            "pairs_int8_apart": lambda z, y: jnp.sum(
-                int8(jax.lax.optimization_barrier(y.astype(jnp.int8))) * f32(z)),
-            "pairs_native": _paired_native}
+    # A binary loss's value depends on each label together with its own
+    # logit (binary sparsemax's is sparseplus(z) - y z): the least such
+    # arithmetic is the sum of the signed logits.
+    return {**_renamed("pairs", _paired(lambda x: x)), "pairs_native": _paired_native}
   if kind == "sigmoid":
-    return {"jax_softplus": lambda z, y: jnp.sum(jax.nn.softplus(f32(z))) + _labels_read(y),
-            "lossjax_softplus": lambda z, y: -jnp.sum(_sigmoid.log_sigmoids(f32(z))[1])
-                                             + _labels_read(y)}
+    return {**_renamed("jax_softplus", _paired(jax.nn.softplus)),
+            **_renamed("lossjax_softplus", _paired(lambda x: -_sigmoid.log_sigmoids(x)[1]))}
   if kind == "sigmoid_focal":
     # Focal's (1 - p_t)^gamma is exp(gamma log(1 - p_t)): one exponential more
     # than the softplus that gives both log p_t and log(1 - p_t).
-    def focal(z, y):
-      log_p, log_q = _sigmoid.log_sigmoids(f32(z))
-      return -jnp.sum(jnp.exp(2.0 * log_q) * log_p) + _labels_read(y)
-    return {"softplus_and_exp": focal}
+    def focal(x):
+      log_p, log_q = _sigmoid.log_sigmoids(x)
+      return -jnp.exp(2.0 * log_q) * log_p
+    return _renamed("softplus_and_exp", _paired(focal))
   if kind == "threshold":
     # Sparsemax's least work with its threshold tau known: the row max that
     # bounds tau (tau >= max - 1) and one pass of relu(z - tau)^2 (||p||^2);
