@@ -37,9 +37,10 @@ def log1p_by_log(x: Array, one: Array, one_again: Array) -> Array:
   """log1p(x) for x in [0, 1] from a log and a division: log(u) with u = 1 + x
   rounded, plus the rounding error x - (u - 1) (exact for such x) over u,
   within 2 ulp in float32. XLA:CPU's own loops (a gradient's) take a log1p at
-  about twice a log's cost (docs/measurement.md). `one` and `one_again` are
-  two 1s XLA cannot fold (from behind an optimization barrier): with literal
-  ones it rewrites (1 + x) - 1 to x and the correction to 0."""
+  more than a log's cost (measured in docs/measurement.md). `one` and
+  `one_again` are two 1s XLA cannot fold (from behind an optimization
+  barrier): with literal ones it rewrites (1 + x) - 1 to x and the
+  correction to 0."""
   u = one + x
   # Times 1 / u, not over u: a caller's own 1 / (1 + x) is then the same division.
   return jnp.log(u) + (x - (u - one_again)) * (one / u)

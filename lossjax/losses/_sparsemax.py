@@ -95,9 +95,9 @@ def _count_or_nan(values: Array, t: Array) -> Array:
   XLA:CPU's library kernel drops a NaN from a max (relu(NaN) is 0 there), and
   so from the count, the excess sum and the block maxima; sign(NaN) is NaN,
   and sign(x) is -1, not NaN, for a logit of -inf. Two operations a logit
-  more than `_count`'s chain, and x is written out a chunk at a time (with
-  the values behind a barrier for one of the signs instead, 1.1-1.3x the time):
-  it is taken once a chunk."""
+  more than `_count`'s chain, and x is written out a chunk at a time (the
+  values behind a barrier for one of the signs instead took longer; see
+  docs/measurement.md): it is taken once a chunk."""
   signs = jnp.sign(values - t)
   return _softmax.apart(jnp.sum(signs * _indicator(values, t), axis=-1, keepdims=True))
 
