@@ -400,7 +400,13 @@ OWN_BLOCKS_CHUNK = 2 ** 16
 
 
 def _rival_block(classes: int) -> int | None:
-  """Classes per block for `rival_max`, or None where none divides them."""
+  """Classes per block for `rival_max`, or None where none divides them and
+  where a row is narrower than the narrowest block. Such a row is one block,
+  and its own block a copy of the logits, as many values as the select
+  writes, after the block maxima's extra pass and small kernels of their own
+  (docs/measurement.md)."""
+  if classes < _RIVAL_BLOCKS[-1]:
+    return None
   if classes <= _RIVAL_BLOCKS.start:
     return classes
   return next((k for k in _RIVAL_BLOCKS if classes % k == 0), None)
@@ -417,7 +423,7 @@ def rival_max(values: Array, labels: Array) -> Array:
   max over the stored logits (one fast pass, writing C/k values a row), and
   only the true class's own block of k logits is picked and searched with the
   class left out; the rival is the larger of that and the other blocks'
-  maxima. Where no k in 16..64 divides C (C > 64), the select is used.
+  maxima. Where C < 16, or no k in 16..64 divides C (C > 64), the select is used.
 
   The derivative is jnp.max's (the tangent averaged over the classes, other
   than the label's, that attain the max), its indicator arithmetic as in

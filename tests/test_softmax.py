@@ -129,10 +129,12 @@ def _rival_by_select(values, labels):
   return jnp.max(jnp.where(index == labels[..., None], -jnp.inf, values), axis=-1)
 
 
-@pytest.mark.parametrize("classes", [1, 7, 96, 67 * 2])  # one block; two of 48; 134: none
+# 1, 7: narrower than a block (the select); 40: one block; 96: two of 48; 134: none divides.
+@pytest.mark.parametrize("classes", [1, 7, 40, 96, 67 * 2])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
 def test_rival_max_is_the_max_without_the_label_with_its_derivative(classes, dtype, rng):
-  assert (_softmax._rival_block(134) is None) and _softmax._rival_block(1000) == 50
+  blocks = {1: None, 7: None, 40: 40, 96: 48, 134: None, 1000: 50}
+  assert {c: _softmax._rival_block(c) for c in blocks} == blocks
   # Few distinct values, so that ties are common (with the true class too).
   values = jnp.asarray(rng.integers(-3, 4, size=(6, 3, classes)) / 2, dtype)
   labels = jnp.asarray(rng.integers(0, classes, size=(6, 3)), jnp.int32)
