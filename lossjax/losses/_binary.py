@@ -44,9 +44,7 @@ def label_values(labels: Array, dtype) -> Array:
   """
   if jnp.issubdtype(labels.dtype, jnp.floating):
     return labels.astype(dtype)
-  if labels.dtype != jnp.bool_:
-    labels = jnp.where((labels == 0) | (labels == 1), labels, 2)
-  return labels.astype(jnp.uint8).astype(dtype)
+  return _where_zero_or_one(labels, labels, 2).astype(jnp.uint8).astype(dtype)
 
 
 def label_signs(labels: Array, dtype) -> Array:
@@ -57,10 +55,15 @@ def label_signs(labels: Array, dtype) -> Array:
   kernel that reads the int8 signs does not take)."""
   if jnp.issubdtype(labels.dtype, jnp.floating):
     return 1.0 - 2.0 * labels.astype(dtype)
-  signs = 1 - 2 * labels.astype(jnp.int32)
-  if labels.dtype != jnp.bool_:
-    signs = jnp.where((labels == 0) | (labels == 1), signs, -3)
+  signs = _where_zero_or_one(labels, 1 - 2 * labels.astype(jnp.int32), -3)
   return signs.astype(jnp.int8).astype(dtype)
+
+
+def _where_zero_or_one(labels: Array, values: Array, other: int) -> Array:
+  """`values` where the integer or boolean `labels` are 0 or 1, else `other`."""
+  if labels.dtype == jnp.bool_:
+    return values
+  return jnp.where((labels == 0) | (labels == 1), values, other)
 
 
 def separate(values: tuple, constants: tuple, dtype) -> tuple:

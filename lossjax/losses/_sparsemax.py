@@ -182,12 +182,18 @@ def _maxima_fixed_point(maxima: Array) -> tuple:
     t, n, _, rounds = state
     t = _step(maxima, t, n)
     new = _count(maxima, t)
-    changed = jnp.any((new != n) & (new == new))
-    return t, new, changed & (rounds < maxima.shape[-1]), rounds + 1
+    return t, new, _changed(new, n) & (rounds < maxima.shape[-1]), rounds + 1
 
   state = (t, _count(maxima, t), jnp.array(True), jnp.array(0))
   t, n, _, _ = jax.lax.while_loop(lambda state: state[2], round_, state)
   return t, n
+
+
+def _changed(new: Array, n: Array) -> Array:
+  """Whether a round changed any row's count from `n` to `new`. A NaN count
+  never equals itself: it is left out, so that it cannot keep every row
+  going to the round limit (C rounds)."""
+  return jnp.any((new != n) & (new == new))
 
 
 def _start(z: Array) -> Array:
@@ -233,9 +239,7 @@ def _fixed_point(z: Array, t: Array | None = None, n: Array | None = None):
   def round_(state, count=_count):
     t, n, _, rounds = state
     new = count(z, t) + 0.0 * n
-    # A NaN count never equals itself: left out of the test, it cannot keep
-    # every row going to the round limit (C rounds).
-    changed = jnp.any((new != n) & (new == new))
+    changed = _changed(new, n)
     t = jax.lax.cond(changed, lambda: _step(z, t, new), lambda: t)
     return t, new, changed & (rounds < z.shape[-1]), rounds + 1
 
