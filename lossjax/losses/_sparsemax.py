@@ -373,7 +373,7 @@ def _sparseplus_terms(logits, labels, zero=0.0, one=1.0):
   `_binary_sparsemax`, is shorter), one chain of arithmetic without a select
   or a clamp for the gradient's loop."""
   dtype = _checks.compute_dtype(logits.dtype)
-  sign = one - (one + one) * _binary.label_values(labels, dtype)
+  sign = _binary.label_signs(labels, dtype)
   x = sign * logits.astype(dtype)
   return sign, jnp.maximum(x + one, zero), jnp.maximum(x - one, zero)
 
