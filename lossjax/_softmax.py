@@ -400,7 +400,7 @@ OWN_BLOCKS_CHUNK = 2 ** 16
 
 
 def _rival_block(classes: int) -> int | None:
-  """Classes per block for `rival_max`, or None where none divides them and
+  """Classes per block for `rival_max`, or None where none divides them or
   where a row is narrower than the narrowest block. Such a row is one block,
   and its own block a copy of the logits, as many values as the select
   writes, after the block maxima's extra pass and small kernels of their own
