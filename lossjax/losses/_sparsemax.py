@@ -68,7 +68,7 @@ def _threshold_and_support(logits: Array) -> tuple:
   classes = z.shape[-1]
   rows = z.reshape(-1, classes)
   chunk = _softmax.rows_per_chunk(*rows.shape)
-  start = _maxima_start(rows)
+  start = _maxima_start(rows, chunk)
   if rows.dtype == jnp.bfloat16 and classes > 0 and classes % 2 == 0:
     pairs = jax.lax.bitcast_convert_type(rows.reshape(-1, classes // 2, 2), jnp.uint32)
     rounds = lambda p, *start: _fixed_point(_unpack(p), *start)
@@ -141,12 +141,12 @@ def _maxima_block(classes: int) -> int | None:
 MAXIMA_START_ROWS = 128
 
 
-def _maxima_start(rows: Array) -> tuple:
-  """The rounds' start for rows `[rows, C]`: `(t, n)`, `[rows, 1]` each, the
-  fixed point of Michelot's rounds on each row's block maxima
-  (`_maxima_block` classes a block) and its count; `()`, each chunk then
-  taking `_start`, where the classes have no such block or a chunk holds more
-  than MAXIMA_START_ROWS rows.
+def _maxima_start(rows: Array, chunk: int) -> tuple:
+  """The rounds' start for rows `[rows, C]`, whose rounds take `chunk` rows
+  at a time: `(t, n)`, `[rows, 1]` each, the fixed point of Michelot's rounds
+  on each row's block maxima (`_maxima_block` classes a block) and its count;
+  `()`, each chunk then taking `_start`, where the classes have no such block
+  or a chunk holds more than MAXIMA_START_ROWS rows.
 
   The maxima's threshold t lies at or below tau (a block's max is one of
   its logits), and it is tau itself where the row counts n logits above t,
@@ -164,7 +164,7 @@ def _maxima_start(rows: Array) -> tuple:
   rounds, on chunks of rows, read `C / k` values a row.
   """
   k = _maxima_block(rows.shape[-1])
-  if k is None or _softmax.rows_per_chunk(*rows.shape) > MAXIMA_START_ROWS:
+  if k is None or chunk > MAXIMA_START_ROWS:
     return ()
   maxima = _softmax.compute(jnp.max(rows.reshape(rows.shape[0], -1, k), axis=-1))
   return _softmax.by_row_chunks(_maxima_fixed_point, (maxima,),
