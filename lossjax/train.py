@@ -528,13 +528,12 @@ class Trainer:
   program_type = _Program
 
   def __init__(self, config: TrainConfig, *, dataset: data_lib.Dataset | None = None,
-               devices: list | None = None):
+               devices: list | None = None, programs: dict | None = None):
     if dataset is None:
       dataset = data_lib.load(config.dataset, seed=config.data_seed,
                               imbalance=config.imbalance, noise=config.noise,
                               **config.dataset_options)
     self.config, self.dataset = config, dataset
-    self.program = program = self.program_type(config, dataset)
     self.seeds = np.repeat(np.asarray(config.seeds), len(config.learning_rates))
     self.learning_rates = np.tile(np.asarray(config.learning_rates, np.float32),
                                   len(config.seeds))
@@ -555,7 +554,6 @@ class Trainer:
     data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(seed_keys)
     if config.order_seed:
       data_keys = jax.vmap(lambda k: jax.random.fold_in(k, config.order_seed))(data_keys)
-    self._init = jax.jit(jax.vmap(program.init))
     self._seed_keys = seed_keys
     self._mesh, self._num_runs = mesh, num_runs
     self._rates, self._data_keys = self._on_runs_axis((jnp.asarray(run_rates), data_keys))
@@ -566,6 +564,39 @@ class Trainer:
     self.chunk_steps = evals_per_chunk * config.eval_interval
     self.eval_steps = np.arange(1, total_evals + 1) * config.eval_interval
 
+    started = time.perf_counter()
+    key = None if programs is None else self._program_key(dataset, padded_runs)
+    if key in (programs or {}):
+      self.program, self._init, self.runs_mode, self._compiled = programs[key]
+    else:
+      self._build(evals_per_chunk)
+      if key is not None:
+        programs[key] = self.program, self._init, self.runs_mode, self._compiled
+    self.compile_seconds = time.perf_counter() - started
+
+  # The config's fields that reach the compiled program only as the values of
+  # its arguments (the runs' initial keys, rates and batch-order keys; the data
+  # `data_seed` draws), or not at all. Programs are reused across them, and
+  # `tests/test_train.py` checks that they lower to the same program.
+  ARGUMENT_FIELDS = ("seeds", "learning_rates", "order_seed", "data_seed", "targets")
+
+  def _program_key(self, dataset: data_lib.Dataset, padded_runs: int) -> tuple:
+    """What the compiled program is made of: the config but its
+    `ARGUMENT_FIELDS`, the number of runs and their devices, and what the
+    program takes from the data (its shapes, class counts and size)."""
+    fields = {name: value for name, value in self.config.to_dict().items()
+              if name not in self.ARGUMENT_FIELDS}
+    shapes = tuple((name, value.shape, str(value.dtype)) for name, value in self.arrays.items())
+    return (self.program_type, json.dumps(fields, sort_keys=True, default=repr), padded_runs,
+            tuple(device.id for device in self.devices), shapes,
+            dataset.num_classes, tuple(np.asarray(dataset.class_counts()).tolist()),
+            jax.config.jax_enable_x64)
+
+  def _build(self, evals_per_chunk: int) -> None:
+    """Traces and compiles the program: its init and its chunk of steps."""
+    config, mesh = self.config, self._mesh
+    self.program = program = self.program_type(config, self.dataset)
+    self._init = jax.jit(jax.vmap(program.init))
     runs_mode = config.runs_mode
     if runs_mode == "auto":
       runs_mode = "map" if config.model.name == "cnn" and jax.default_backend() == "cpu" else "vmap"
@@ -589,11 +620,9 @@ class Trainer:
       run_chunk = jax.shard_map(run_chunk, mesh=mesh, in_specs=(runs, runs, runs, shared, shared),
                                 out_specs=runs, check_vma=False)
 
-    started = time.perf_counter()
-    state = self._initial_state()
-    self._compiled = jax.jit(run_chunk).lower(state, self._rates, self._data_keys,
-                                              jnp.int32(0), arrays).compile()
-    self.compile_seconds = time.perf_counter() - started
+    self._compiled = jax.jit(run_chunk).lower(self._initial_state(), self._rates,
+                                              self._data_keys, jnp.int32(0),
+                                              self.arrays).compile()
 
   def _on_runs_axis(self, tree):
     """Shards the leading (runs) axis over the mesh."""

@@ -1,9 +1,11 @@
 """The engine: determinism, divergence, compile count, devices, CLI."""
 
+import dataclasses
 import json
 import logging
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -84,6 +86,54 @@ def test_one_compilation_for_the_whole_grid(digits, caplog):
   assert history.num_runs == 9 and len(history.eval_steps) == 8
 
 
+def _program_text(trainer) -> str:
+  """The trainer's compiled program, without where in the source its
+  operations were traced (whose numbering depends on what was traced before)."""
+  text = trainer._compiled.as_text().split("\nFileNames")[0]
+  return re.sub(r", metadata=\{[^}]*\}", "", text)
+
+
+def test_a_program_is_reused_across_seeds_rates_and_batch_orders_only(digits, monkeypatch):
+  base = train.TrainConfig(**SMALL)
+  programs = {}
+  first = train.Trainer(base, dataset=digits, programs=programs)
+  other = dataclasses.replace(base, seeds=(5, 6), learning_rates=(0.1, 0.3), order_seed=2,
+                              data_seed=1, targets=(0.5,))
+  assert set(train.Trainer.ARGUMENT_FIELDS) == {
+      f.name for f in dataclasses.fields(base) if getattr(other, f.name) != getattr(base, f.name)}
+  reused = train.Trainer(other, dataset=digits, programs=programs)
+  assert reused._compiled is first._compiled and len(programs) == 1
+  # The argument fields change no program: built afresh, it is the same one,
+  # and so are the numbers.
+  fresh = train.Trainer(other, dataset=digits)
+  assert _program_text(fresh) == _program_text(first)
+  ours, theirs = reused.run(), fresh.run()
+  for name, values in theirs.metrics.items():
+    np.testing.assert_array_equal(ours.metrics[name], values, err_msg=name)
+
+  # Anything else builds a program of its own.
+  built = []
+
+  def build(self, evals_per_chunk):
+    built.append(self.config)
+    self.program = self._init = self._compiled = object()
+    self.runs_mode = "vmap"
+
+  monkeypatch.setattr(train.Trainer, "_build", build)
+  fewer = digits.replace(x_train=digits.x_train[:-10], y_train=digits.y_train[:-10])
+  # The same shapes, other class counts (class-balanced weights are constants).
+  relabelled = digits.replace(y_train=np.where(np.arange(len(digits.y_train)) < 10, 0,
+                                               digits.y_train))
+  for config, dataset in [(dataclasses.replace(base, steps=50), digits),
+                          (dataclasses.replace(base, loss="focal"), digits),
+                          (dataclasses.replace(base, loss_options={"gamma": 1.0}), digits),
+                          (dataclasses.replace(base, seeds=(0, 1, 2)), digits),
+                          (dataclasses.replace(base, class_balance_beta=0.9), digits),
+                          (base, fewer), (base, relabelled)]:
+    train.Trainer(config, dataset=dataset, programs=programs)
+  assert len(built) == 7 and len(programs) == 8
+
+
 @pytest.mark.parametrize("loss, dataset", [("binary_cross_entropy", "breast_cancer"),
                                            ("binary_mse", "breast_cancer"),
                                            ("mse", "digits"), ("hinge", "digits")])
@@ -132,65 +182,77 @@ def test_bad_config_is_named():
 _SHARDED_SCRIPT = """
 import json, sys, jax
 from lossjax import models, train
-options = json.loads(sys.argv[1])
-config = train.TrainConfig(**options | {"model": models.ModelConfig(**options["model"])})
-history = train.train(config)
-print(json.dumps({"devices": jax.device_count(), "acc": history.metrics["test_accuracy"].tolist(),
-                  "loss": history.metrics["train_loss"].tolist()}))
+results = []
+for options, devices in json.loads(sys.argv[1]):
+  config = train.TrainConfig(**options | {"model": models.ModelConfig(**options["model"])})
+  trainer = train.Trainer(config, devices=jax.devices()[:devices])
+  history = trainer.run()
+  results.append({"devices": len(trainer.devices), "acc": history.metrics["test_accuracy"].tolist(),
+                  "loss": history.metrics["train_loss"].tolist()})
+print(json.dumps({"devices": jax.device_count(), "results": results}))
 """
 
 
-def _train_on_cpu(options, devices: int) -> dict:
-  """The config trained in a subprocess on `devices` simulated CPU devices."""
+def _train_on_cpu(jobs: list, devices: int) -> list[dict]:
+  """Each (options, device count) of `jobs` trained in one subprocess that
+  has `devices` simulated CPU devices."""
   # The session's XLA flags too (tests/conftest.py), so both sides compile alike.
   flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
   env = dict(os.environ, XLA_FLAGS=flags.strip(),
              JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, json.dumps(options)],
+  out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, json.dumps(jobs)],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["devices"] == devices
-  return result
+  assert [r["devices"] for r in result["results"]] == [used for _, used in jobs]
+  return result["results"]
+
+
+# One run per device and eight runs on one device are different programs
+# whose float rounding differs (~1e-7). A smooth activation keeps that at
+# rounding level; with ReLU a pre-activation that rounds to the other side
+# of 0 changes the gradient outright (seed 3 at lr 0.05: 3e-3 apart after
+# 100 steps).
+EIGHT_RUNS = {**SMALL, "seeds": [0, 1, 2, 3], "learning_rates": [0.05, 0.2],
+              "model": {"width": 32, "activation": "tanh"}}
+# 3 runs, a CNN's. 10 steps: the CNN trains ~50 run-steps/s here, and the
+# check is equality.
+THREE_CNN_RUNS = {**SMALL, "seeds": [0, 1, 2], "learning_rates": [0.05], "steps": 10,
+                  "eval_interval": 5, "model": {"name": "cnn", "width": 16}}
+
+
+@pytest.fixture(scope="module")
+def sharded():
+  """EIGHT_RUNS on 8 devices and THREE_CNN_RUNS on 2, in one subprocess of 8
+  simulated CPU devices (JAX starts once)."""
+  return dict(zip(("eight", "cnn"), _train_on_cpu([(EIGHT_RUNS, 8), (THREE_CNN_RUNS, 2)], 8)))
+
+
+def _on_one_device(options) -> dict:
+  if jax.default_backend() != "cpu":
+    # An accelerator's numbers differ from the CPU's: the reference runs on the CPU too.
+    return _train_on_cpu([(options, 1)], 1)[0]
+  history = train.train(train.TrainConfig(
+      **options | {"model": models.ModelConfig(**options["model"])}))
+  return {"acc": history.metrics["test_accuracy"], "loss": history.metrics["train_loss"]}
 
 
 @pytest.mark.slow
-def test_eight_simulated_devices_give_the_one_device_result():
-  # One run per device and eight runs on one device are different programs
-  # whose float rounding differs (~1e-7). A smooth activation keeps that at
-  # rounding level; with ReLU a pre-activation that rounds to the other side
-  # of 0 changes the gradient outright (seed 3 at lr 0.05: 3e-3 apart after
-  # 100 steps).
-  options = {**SMALL, "seeds": [0, 1, 2, 3], "learning_rates": [0.05, 0.2],
-             "model": {"width": 32, "activation": "tanh"}}
-  sharded = _train_on_cpu(options, 8)
-  if jax.default_backend() == "cpu":
-    history = train.train(train.TrainConfig(
-        **options | {"model": models.ModelConfig(**options["model"])}))
-    single = {"acc": history.metrics["test_accuracy"], "loss": history.metrics["train_loss"]}
-  else:  # an accelerator's numbers differ from the CPU's: the reference runs on the CPU too
-    single = _train_on_cpu(options, 1)
-  np.testing.assert_allclose(sharded["acc"], single["acc"], atol=1e-6)
-  np.testing.assert_allclose(sharded["loss"], single["loss"], rtol=1e-4)
+def test_eight_simulated_devices_give_the_one_device_result(sharded):
+  single = _on_one_device(EIGHT_RUNS)
+  np.testing.assert_allclose(sharded["eight"]["acc"], single["acc"], atol=1e-6)
+  np.testing.assert_allclose(sharded["eight"]["loss"], single["loss"], rtol=1e-4)
 
 
 @pytest.mark.slow
-def test_runs_that_do_not_divide_are_padded_and_a_cnn_maps_its_runs_per_device():
+def test_runs_that_do_not_divide_are_padded_and_a_cnn_maps_its_runs_per_device(sharded):
   # 3 runs on 2 devices: a copy of run 0 fills device 1's share and is dropped.
   # The CNN's runs are mapped (lax.map) on each device, as on one.
-  # 10 steps: the CNN trains ~50 run-steps/s here, and the check is equality.
-  options = {**SMALL, "seeds": [0, 1, 2], "learning_rates": [0.05], "steps": 10,
-             "eval_interval": 5, "model": {"name": "cnn", "width": 16}}
-  sharded = _train_on_cpu(options, 2)
-  assert np.shape(sharded["acc"]) == (3, 2)
-  if jax.default_backend() == "cpu":
-    history = train.train(train.TrainConfig(
-        **options | {"model": models.ModelConfig(**options["model"])}))
-    single = {"acc": history.metrics["test_accuracy"], "loss": history.metrics["train_loss"]}
-  else:
-    single = _train_on_cpu(options, 1)
-  np.testing.assert_allclose(sharded["acc"], single["acc"], atol=1e-6)
-  np.testing.assert_allclose(sharded["loss"], single["loss"], rtol=1e-4)
+  assert np.shape(sharded["cnn"]["acc"]) == (3, 2)
+  single = _on_one_device(THREE_CNN_RUNS)
+  np.testing.assert_allclose(sharded["cnn"]["acc"], single["acc"], atol=1e-6)
+  np.testing.assert_allclose(sharded["cnn"]["loss"], single["loss"], rtol=1e-4)
 
 
 _CORES_SCRIPT = """

@@ -135,6 +135,9 @@ class Runner:
     self.runs: list[dict] = []
     self.curves: dict[str, dict] = {}
     self.settings: dict[str, dict] = {}
+    # The compiled programs of the setting being trained: its replicates and
+    # its fresh seeds train the tuning runs' programs again (`train.Trainer`).
+    self._programs: dict = {}
 
   def result(self) -> dict:
     return {"runs": self.runs, "curves": self.curves, "settings": self.settings}
@@ -142,6 +145,7 @@ class Runner:
   def setting(self, setting: Setting) -> None:
     self.settings[setting.name] = {**setting.describe, "target": setting.target,
                                    "select": {v.loss: v.select for v in setting.variants}}
+    self._programs.clear()
     for replicate in setting.replicates:
       for variant in setting.variants:
         self.variant(setting, variant, replicate)
@@ -192,7 +196,8 @@ class Runner:
   def _train(self, setting: Setting, variant: Variant, replicate: str,
              config: train.TrainConfig, phase: str) -> list[dict]:
     dataset = setting.dataset or dataset_for(config)
-    history = train.Trainer(config, dataset=dataset).run(keep_final_logits=setting.posthoc)
+    history = train.Trainer(config, dataset=dataset, programs=self._programs).run(
+        keep_final_logits=setting.posthoc)
     runs = _records(history, dataset, setting, variant, replicate, phase)
     self._keep_curves(history, setting, variant, replicate, phase)
     return runs
