@@ -520,7 +520,10 @@ class Trainer:
 
   Construction loads the data, builds the program and compiles it (timed in
   ``compile_seconds``); ``run()`` does only the training, so a benchmark can
-  time it alone.
+  time it alone. ``programs``, a dict the caller keeps, lends a later Trainer
+  the compiled program of an earlier one whose config differs only in
+  `ARGUMENT_FIELDS` and whose data have the same shapes and class counts
+  (``compile_seconds`` is then the lookup's time).
   """
 
   # The class of the program's pure functions; `benchmarks.engine_probe`
@@ -567,11 +570,13 @@ class Trainer:
     started = time.perf_counter()
     key = None if programs is None else self._program_key(dataset, padded_runs)
     if key in (programs or {}):
-      self.program, self._init, self.runs_mode, self._compiled = programs[key]
+      (self.program, self._init, self.runs_mode, self._compiled,
+       self._final_logits) = programs[key]
     else:
       self._build(evals_per_chunk)
       if key is not None:
-        programs[key] = self.program, self._init, self.runs_mode, self._compiled
+        programs[key] = (self.program, self._init, self.runs_mode, self._compiled,
+                         self._final_logits)
     self.compile_seconds = time.perf_counter() - started
 
   # The config's fields that reach the compiled program only as the values of
@@ -597,6 +602,7 @@ class Trainer:
     config, mesh = self.config, self._mesh
     self.program = program = self.program_type(config, self.dataset)
     self._init = jax.jit(jax.vmap(program.init))
+    self._final_logits = jax.jit(jax.vmap(program.metric_logits, in_axes=(0, None)))
     runs_mode = config.runs_mode
     if runs_mode == "auto":
       runs_mode = "map" if config.model.name == "cnn" and jax.default_backend() == "cpu" else "vmap"
@@ -634,7 +640,7 @@ class Trainer:
     return self._on_runs_axis(self._init(self._seed_keys))
 
   def run(self, *, progress: bool = False, keep_final_logits: bool = False) -> History:
-    config, program, arrays = self.config, self.program, self.arrays
+    config, arrays = self.config, self.arrays
     n = self._num_runs  # the padding runs, if any, come after these
     state = jax.block_until_ready(self._initial_state())
     records = []
@@ -660,9 +666,9 @@ class Trainer:
                                          self.eval_steps[reached.argmax(axis=1)], -1)
     final_logits = {}
     if keep_final_logits:
-      apply = jax.jit(jax.vmap(program.metric_logits, in_axes=(0, None)))
       for split in ("val", "test"):
-        final_logits[split] = np.asarray(apply(state["params"], arrays[f"x_{split}"]))[:n]
+        final_logits[split] = np.asarray(self._final_logits(state["params"],
+                                                            arrays[f"x_{split}"]))[:n]
     return History(config.to_dict(), self.seeds, self.learning_rates, self.eval_steps, series,
                    np.asarray(state["diverged"])[:n], np.asarray(state["diverged_at"])[:n],
                    steps_to_target, self.compile_seconds, train_seconds, final_logits)

@@ -107,16 +107,17 @@ def test_a_program_is_reused_across_seeds_rates_and_batch_orders_only(digits, mo
   # and so are the numbers.
   fresh = train.Trainer(other, dataset=digits)
   assert _program_text(fresh) == _program_text(first)
-  ours, theirs = reused.run(), fresh.run()
-  for name, values in theirs.metrics.items():
-    np.testing.assert_array_equal(ours.metrics[name], values, err_msg=name)
+  ours, theirs = reused.run(keep_final_logits=True), fresh.run(keep_final_logits=True)
+  for name, values in {**theirs.metrics, **theirs.final_logits}.items():
+    np.testing.assert_array_equal({**ours.metrics, **ours.final_logits}[name], values,
+                                  err_msg=name)
 
   # Anything else builds a program of its own.
   built = []
 
   def build(self, evals_per_chunk):
     built.append(self.config)
-    self.program = self._init = self._compiled = object()
+    self.program = self._init = self._compiled = self._final_logits = object()
     self.runs_mode = "vmap"
 
   monkeypatch.setattr(train.Trainer, "_build", build)
