@@ -568,8 +568,8 @@ class Trainer:
     self.eval_steps = np.arange(1, total_evals + 1) * config.eval_interval
 
     started = time.perf_counter()
-    key = None if programs is None else self._program_key(dataset, padded_runs)
-    if key in (programs or {}):
+    key = None if programs is None else self._program_key(padded_runs)
+    if key is not None and key in programs:
       (self.program, self._init, self.runs_mode, self._compiled,
        self._final_logits) = programs[key]
     else:
@@ -585,10 +585,11 @@ class Trainer:
   # `tests/test_train.py` checks that they lower to the same program.
   ARGUMENT_FIELDS = ("seeds", "learning_rates", "order_seed", "data_seed", "targets")
 
-  def _program_key(self, dataset: data_lib.Dataset, padded_runs: int) -> tuple:
+  def _program_key(self, padded_runs: int) -> tuple:
     """What the compiled program is made of: the config but its
     `ARGUMENT_FIELDS`, the number of runs and their devices, and what the
-    program takes from the data (its shapes, class counts and size)."""
+    program takes from the data (its arrays' shapes, its class counts)."""
+    dataset = self.dataset
     fields = {name: value for name, value in self.config.to_dict().items()
               if name not in self.ARGUMENT_FIELDS}
     shapes = tuple((name, value.shape, str(value.dtype)) for name, value in self.arrays.items())
