@@ -569,14 +569,12 @@ class Trainer:
 
     started = time.perf_counter()
     key = None if programs is None else self._program_key(padded_runs)
-    if key is not None and key in programs:
-      (self.program, self._init, self.runs_mode, self._compiled,
-       self._final_logits) = programs[key]
-    else:
-      self._build(evals_per_chunk)
+    built = None if key is None else programs.get(key)
+    if built is None:
+      built = self._build(evals_per_chunk)
       if key is not None:
-        programs[key] = (self.program, self._init, self.runs_mode, self._compiled,
-                         self._final_logits)
+        programs[key] = built
+    self.program, self._init, self.runs_mode, self._compiled, self._final_logits = built
     self.compile_seconds = time.perf_counter() - started
 
   # The config's fields that reach the compiled program only as the values of
@@ -598,16 +596,17 @@ class Trainer:
             dataset.num_classes, tuple(np.asarray(dataset.class_counts()).tolist()),
             jax.config.jax_enable_x64)
 
-  def _build(self, evals_per_chunk: int) -> None:
-    """Traces and compiles the program: its init and its chunk of steps."""
+  def _build(self, evals_per_chunk: int) -> tuple:
+    """Traces and compiles the program: `(program, init, runs_mode, chunk,
+    final_logits)`, its pure functions, their jitted init, how the runs share
+    it, the compiled chunk of steps and the jitted final logits."""
     config, mesh = self.config, self._mesh
-    self.program = program = self.program_type(config, self.dataset)
-    self._init = jax.jit(jax.vmap(program.init))
-    self._final_logits = jax.jit(jax.vmap(program.metric_logits, in_axes=(0, None)))
+    program = self.program_type(config, self.dataset)
+    init = jax.jit(jax.vmap(program.init))
+    final_logits = jax.jit(jax.vmap(program.metric_logits, in_axes=(0, None)))
     runs_mode = config.runs_mode
     if runs_mode == "auto":
       runs_mode = "map" if config.model.name == "cnn" and jax.default_backend() == "cpu" else "vmap"
-    self.runs_mode = runs_mode
 
     def run_chunk(state, rates, data_keys, first_step, arrays):
       """The chunk of every run on one device (of all runs without a mesh)."""
@@ -627,9 +626,10 @@ class Trainer:
       run_chunk = jax.shard_map(run_chunk, mesh=mesh, in_specs=(runs, runs, runs, shared, shared),
                                 out_specs=runs, check_vma=False)
 
-    self._compiled = jax.jit(run_chunk).lower(self._initial_state(), self._rates,
-                                              self._data_keys, jnp.int32(0),
-                                              self.arrays).compile()
+    state = self._on_runs_axis(init(self._seed_keys))
+    compiled = jax.jit(run_chunk).lower(state, self._rates, self._data_keys, jnp.int32(0),
+                                        self.arrays).compile()
+    return program, init, runs_mode, compiled, final_logits
 
   def _on_runs_axis(self, tree):
     """Shards the leading (runs) axis over the mesh."""
