@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 import lossjax
+from lossjax import _softmax
+from lossjax.losses import _sparsemax
 from tests import reference
 
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
@@ -313,6 +315,54 @@ def test_sparsemax_rows_whose_support_is_every_class_or_one(classes, copies, rng
                              atol=1e-6)
   grad = jax.jit(jax.grad(lambda z: loss(z).sum()))(z)
   np.testing.assert_allclose(grad, want - np.eye(classes)[np.asarray(labels)], atol=1e-5)
+
+
+@pytest.mark.parametrize("rows, classes", [(300, 1000), (24, 32000)])
+def test_sparsemax_rows_the_block_maxima_do_not_settle(rows, classes, rng):
+  """Rows whose block maxima's threshold is not tau, interleaved with rows
+  where it is: Gaussian rows (a block can hold two of the support), two
+  equal logits above the rest in one block, rows whose support is every
+  class (at least TOP_MAXIMA maxima above the threshold: the network gives
+  only a bound) or half the classes, and a NaN. At 1000 classes the rows
+  left over fill several chunks of Michelot's rounds; at 32000 the maxima's
+  own threshold comes from the maxima of blocks of maxima."""
+  z = rng.normal(size=(rows, classes)) * 2
+  kinds = np.arange(rows) % 6
+  z[kinds == 1] = rng.normal(size=((kinds == 1).sum(), classes)) * 1e-3
+  z[kinds == 2, :2] = 9.0  # one block (blocks of 25 or 32 classes)
+  z[kinds == 3] = 0.7
+  z[kinds == 4] = np.where(np.arange(classes) % 2 == 0, 0.5 + z[kinds == 4] * 5e-4, -3.0)
+  z[5, 7] = np.nan
+  z = z.astype(np.float32)
+  labels = jnp.asarray(rng.integers(0, classes, size=rows))
+  # The rows the maxima's threshold does not settle: more logits above it than maxima.
+  maxima = z.reshape(rows, -1, _sparsemax._maxima_block(classes)).max(-1)
+  threshold = _maxima_tau(maxima)
+  unsettled = (z > threshold).sum(-1) != (maxima > threshold).sum(-1)
+  assert unsettled[(kinds == 2) | (kinds == 3) | (kinds == 4)].all()
+  if classes == 1000:  # (at 32000 classes, 0.6% of Gaussian rows)
+    assert unsettled[kinds == 0].any() and unsettled.sum() > _softmax.rows_per_chunk(rows, classes)
+
+  finite = np.delete(np.arange(rows), 5)
+  want = reference.sparsemax_probabilities(z[finite])
+  got = np.asarray(jax.jit(lossjax.sparsemax)(z))
+  np.testing.assert_allclose(got[finite], want, atol=1e-6)
+  assert np.isnan(got[5]).all()
+  loss = jax.jit(lambda z: lossjax.multiclass_sparsemax_loss(z, labels))
+  values = np.asarray(loss(z))
+  want_loss = reference.sparsemax(z[finite], np.asarray(labels)[finite])
+  np.testing.assert_allclose(values[finite], want_loss, rtol=1e-5, atol=1e-5)
+  assert np.isnan(values[5])
+  grad = np.asarray(jax.jit(jax.grad(lambda z: loss(z).sum()))(z))
+  want[np.arange(len(finite)), np.asarray(labels)[finite]] -= 1.0
+  np.testing.assert_allclose(grad[finite], want, atol=1e-5)
+
+
+def _maxima_tau(values):
+  """The sparsemax threshold of each row by sorting, `[rows, 1]`, NaN rows left NaN."""
+  values = np.asarray(values, np.float64)
+  p = reference.sparsemax_probabilities(values)
+  return (values - p).max(-1, keepdims=True, where=p > 0, initial=-np.inf)
 
 
 def test_sparsemax_jacobian_and_the_loss_hessian_are_the_supports_projection(rng):

@@ -14,39 +14,84 @@ Array = jax.Array
 
 
 @jax.custom_jvp
-def _threshold(logits: Array) -> Array:
-  """The sparsemax threshold tau of each row: `[..., C] -> [..., 1]`, in the
-  compute dtype (`_softmax.compute`), of `logits` in any floating dtype.
+def _threshold_and_squares(logits: Array) -> tuple:
+  """The sparsemax threshold tau of each row and ||p||^2 (p = relu(z - tau)):
+  `[..., C] -> ([..., 1], [..., 1])`, in the compute dtype
+  (`_softmax.compute`), of `logits` in any floating dtype (`_solve`).
 
-  Its derivative, d tau / dz_c = [c in S] / |S| (S the support), gives
-  sparsemax its Jacobian diag(s) - s s^T / |S|; it is taken only where a
-  derivative is asked for, so that the value costs no pass beyond the rounds.
+  Their derivatives, d tau / dz_c = [c in S] / |S| (S the support) and
+  d ||p||^2 = 2 (sum_c p_c dz_c - d tau) (p sums to 1), give sparsemax its
+  Jacobian diag(s) - s s^T / |S| and the loss its Hessian; they are taken
+  only where a derivative is asked for, so that the values cost no pass
+  beyond `_solve`'s.
   """
-  return _threshold_and_support(logits)[0]
+  tau, _, squares = _solve(logits)
+  return tau, squares
 
 
-@_threshold.defjvp
-def _threshold_jvp(primals, tangents):
+@_threshold_and_squares.defjvp
+def _threshold_and_squares_jvp(primals, tangents):
   (logits,), (logits_dot,) = primals, tangents
-  tau, n = _threshold_and_support(logits)
+  tau, n, squares = _solve(logits)
   # The support's indicator is constant where it has a derivative (a.e.).
-  support = _indicator(_softmax.compute(jax.lax.stop_gradient(logits)), tau)
-  tangent = jnp.sum(support * _softmax.compute(logits_dot), axis=-1, keepdims=True) / n
-  return tau, tangent
+  z = _softmax.compute(jax.lax.stop_gradient(logits))
+  dz = _softmax.compute(logits_dot)
+  tau_dot = jnp.sum(_indicator(z, tau) * dz, axis=-1, keepdims=True) / n
+  squares_dot = 2.0 * (jnp.sum(jnp.maximum(z - tau, 0.0) * dz, axis=-1, keepdims=True) - tau_dot)
+  return (tau, squares), (tau_dot, squares_dot)
 
 
-def _threshold_and_support(logits: Array) -> tuple:
-  """tau and the support's size |S| of each row, `[..., 1]` each.
+def _threshold(logits: Array) -> Array:
+  """tau of each row, `[..., C] -> [..., 1]` (`_threshold_and_squares`)."""
+  return _threshold_and_squares(logits)[0]
+
+
+def _solve(logits: Array) -> tuple:
+  """tau, the support's size |S| and ||p||^2 of each row, `[..., 1]` each.
+
+  Where the classes divide into blocks (`_maxima_block`), from the rows'
+  block maxima: the threshold t of the maxima alone (`_maxima_threshold`)
+  lies at or below tau (a block's max is one of its logits), and it is tau
+  itself where the row counts as many logits above t as maxima: the
+  logits above t are then the maxima above t, whose excess sum is 1, and
+  ||p||^2 is the maxima's. So the logits take two passes, the maxima and
+  one count at t (`_count_or_nan`), and only the rows whose count differs
+  (a block holding two of the support: 6.4% of Gaussian rows of scale 2 and
+  1000 classes, blocks of 25) take Michelot's rounds, gathered a chunk of
+  rows at a time (`_finish`).
+
+  Otherwise, Michelot's rounds on chunks of rows (`_rounds`) from
+  `_start`'s bound, and one pass for ||p||^2.
+  """
+  z = jax.lax.stop_gradient(logits)
+  shape = z.shape[:-1] + (1,)
+  return tuple(part.reshape(shape) for part in _solve_rows(z.reshape(-1, z.shape[-1])))
+
+
+def _solve_rows(rows: Array) -> tuple:
+  """`_solve` for rows `[rows, C]`: `[rows, 1]` each."""
+  k = _maxima_block(rows.shape[-1])
+  if k is None or rows.shape[0] == 0:
+    tau, n = _rounds(rows)
+    return tau, n, _squares(rows, tau)
+  maxima = _softmax.compute(jnp.max(rows.reshape(rows.shape[0], -1, k), axis=-1))
+  t, n, squares = _maxima_threshold(maxima)
+  # relu's 0 as -0.0: the gradient's pass (`_fenchel_young_jvp`) takes 0.0,
+  # and one logits-sized broadcast of a constant both passes take is
+  # written out by XLA:CPU (a bfloat16 value_and_grad faulted in 64,000
+  # more pages a call at (65536, 1000)).
+  count = _count_or_nan(_softmax.compute(_softmax.read_again(rows)), t, -0.0)
+  return _finish(rows, t, n, squares, count)
+
+
+def _rounds(rows: Array) -> tuple:
+  """Michelot's rounds (`_fixed_point`) on rows `[rows, C]`, `_softmax.CHUNK`
+  logits at a time, from `_start`'s bound: tau and |S|, `[rows, 1]` each.
 
   Michelot's fixed point, from below: with S = {z > t}, the next t is
   (sum_S z - 1) / |S| = t + (sum_c relu(z_c - t) - 1) / |S|. From any t at or
   below tau, t only grows and S only shrinks, so it stops, exactly, once |S|
   stops changing (at most C rounds).
-
-  The rounds start from the fixed point of the rows' block maxima
-  (`_maxima_start`) where the classes divide into blocks and a chunk holds
-  few rows; otherwise each chunk starts from Michelot's steps on its own
-  block maxima (`_start`).
 
   Each round is two reductions of one elementwise chain of the logits each
   (the excess sum relu(z - t) and the count |S|, as sign(relu(z - t))):
@@ -54,52 +99,150 @@ def _threshold_and_support(logits: Array) -> tuple:
   select (z > t) is first written out as a logits-sized array
   (docs/measurement.md has the count measured both ways). The count is
   exact; a z - t below the dtype's smallest normal number is flushed to 0
-  by XLA:CPU, and its share of the probability is below that number. The rounds run on
-  chunks of rows (`_softmax.CHUNK` logits, `_softmax.by_row_chunks`), each
-  chunk's rows until all of its rows stop, so that the logits of every round
-  after the first come from the cache, and a round skips its step in a chunk
-  where no row's count changed.
-  bfloat16 rows go in as the bits of pairs of logits (`_unpack`), so that
-  each chunk is converted to float32 as the rounds read it: XLA moves a
-  conversion of the rows themselves out of the loop, writing all the logits
-  out in float32 first (float16, and an odd number of classes, still do).
+  by XLA:CPU, and its share of the probability is below that number. Each
+  chunk's rows go on until all of its rows stop, so that the logits of every
+  round after the first come from the cache, and a round skips its step in
+  a chunk where no row's count changed.
   """
-  z = jax.lax.stop_gradient(logits)
-  classes = z.shape[-1]
-  rows = z.reshape(-1, classes)
   chunk = _softmax.rows_per_chunk(*rows.shape)
-  start = _maxima_start(rows, chunk)
+  return _softmax.by_row_chunks(lambda r: _fixed_point(_wide(r)), (_narrow(rows),), chunk)
+
+
+def _narrow(rows: Array) -> Array:
+  """bfloat16 rows `[rows, C]` as the bits of pairs of logits (`[rows, C /
+  2]` uint32), so that the rounds convert each chunk to float32 as they read
+  it (`_wide`): XLA moves a conversion of the rows themselves out of the
+  loop, writing all the logits out in float32 first (float16, and an odd
+  number of classes, still do). Other rows as they are."""
+  classes = rows.shape[-1]
   if rows.dtype == jnp.bfloat16 and classes > 0 and classes % 2 == 0:
-    pairs = jax.lax.bitcast_convert_type(rows.reshape(-1, classes // 2, 2), jnp.uint32)
-    rounds = lambda p, *start: _fixed_point(_unpack(p), *start)
-    tau, n = _softmax.by_row_chunks(rounds, (pairs, *start), chunk)
-  else:
-    tau, n = _softmax.by_row_chunks(_fixed_point, (rows, *start), chunk)
-  shape = z.shape[:-1] + (1,)
-  return tau.reshape(shape), n.reshape(shape)
+    return jax.lax.bitcast_convert_type(rows.reshape(-1, classes // 2, 2), jnp.uint32)
+  return rows
 
 
-def _indicator(values: Array, t: Array) -> Array:
-  """[values > t] as arithmetic, sign(relu(values - t)) (see
-  `_threshold_and_support`): three operations a logit, where min(relu(values
-  - t) / tiny, 1) took four."""
-  return jnp.sign(jnp.maximum(values - t, 0.0))
+def _wide(rows: Array) -> Array:
+  """`_narrow`'s rows back as logits (pairs of bfloat16 as their float32
+  values, `_unpack`)."""
+  return _unpack(rows) if rows.dtype == jnp.uint32 else rows
+
+
+def _squares(rows: Array, tau: Array) -> Array:
+  """||p||^2 = sum_c relu(z_c - tau)^2 of rows `[rows, C]`, `[rows, 1]`: one
+  pass that converts the logits for itself (`read_again`), with relu's 0 as
+  -0.0 (the same squares): a conversion, or a constant, equal to the loss's
+  derivative's (`_fenchel_young_jvp`) would be one array that XLA:CPU
+  shares between the two passes and so writes out, as large as the
+  logits."""
+  z = _softmax.compute(_softmax.read_again(rows))
+  return _softmax.apart(jnp.sum(jnp.square(jnp.maximum(z - tau, -0.0)), axis=-1, keepdims=True))
+
+
+def _finish(rows: Array, t: Array, n: Array, squares: Array, count: Array) -> tuple:
+  """tau, |S| and ||p||^2 of rows `[rows, C]` from the maxima's threshold
+  `t`, its count `n` and squares (`_maxima_threshold`) and the rows' count
+  above `t`, `[rows, 1]` each: the maxima's where the two counts agree, and
+  Michelot's rounds from `t` on the other rows (a NaN count among them), a
+  chunk of them at a time (`_softmax.rows_per_chunk` rows), gathered from
+  the logits in order: as many chunks as those rows fill, none where there
+  are none."""
+  count_rows, classes = rows.shape
+  left = ~(count[:, 0] == n[:, 0])
+  chunk = _softmax.rows_per_chunk(count_rows, classes)
+  chunks = -(-count_rows // chunk)
+  # The rows left, in order, then count_rows (out of range: dropped below).
+  order = jnp.nonzero(left, size=chunks * chunk, fill_value=count_rows)[0]
+
+  def finish_chunk(i, state):
+    tau, support, squares = state
+    at = jax.lax.dynamic_slice_in_dim(order, i * chunk, chunk)
+    take = jnp.minimum(at, count_rows - 1)
+    # The rows from behind a barrier that depends on the chunk: XLA:CPU
+    # gathers bfloat16 as float32, and would convert all the logits once,
+    # out of the loop, to gather from (262 MB written at (65536, 1000)).
+    z = _softmax.compute(jax.lax.optimization_barrier((rows, i))[0][take])
+    tau_chunk, support_chunk = _fixed_point(z, t[take], n[take])
+    squares_chunk = jnp.sum(jnp.square(jnp.maximum(z - tau_chunk, 0.0)), axis=-1, keepdims=True)
+    return tuple(whole.at[at].set(part, mode="drop") for whole, part in
+                 ((tau, tau_chunk), (support, support_chunk), (squares, squares_chunk)))
+
+  taken = -(-jnp.sum(left) // chunk)
+  return jax.lax.fori_loop(0, taken, finish_chunk, (t, n, squares))
+
+
+# The most block maxima a row may have for `_maxima_threshold` to take them
+# through `_top_maxima_threshold`'s network, and the maxima that network keeps.
+NETWORK_MAXIMA = 64
+TOP_MAXIMA = 8
+
+
+def _maxima_threshold(maxima: Array) -> tuple:
+  """The threshold of each row's block maxima `[rows, m]`, the count of
+  maxima above it and their ||p||^2: `(t, n, squares)`, `[rows, 1]` each,
+  where t may be only a bound below the maxima's threshold (then still at
+  or below tau; `_top_maxima_threshold`).
+
+  Up to NETWORK_MAXIMA maxima a row, from their TOP_MAXIMA largest
+  (`_top_maxima_threshold`); more (rows of many classes), the maxima's own
+  threshold, found as the rows' is (`_solve_rows`: from the maxima of
+  blocks of maxima, at 32000 classes 40 of them)."""
+  if maxima.shape[-1] <= NETWORK_MAXIMA:
+    return _top_maxima_threshold(maxima)
+  return _solve_rows(maxima)
+
+
+def _top_maxima_threshold(maxima: Array) -> tuple:
+  """`_maxima_threshold` from each row's TOP_MAXIMA largest maxima: tau of
+  values sorted z_(1) >= z_(2) >= ... is max_j (z_(1) + ... + z_(j) - 1) / j
+  (each j gives a bound at or below tau, and j = |S| gives tau), exact
+  where at most TOP_MAXIMA maxima lie above it (all but 3 of 65536
+  Gaussian rows of scale 2 and 1000 classes). Where more do, t is a bound
+  below it and n at most TOP_MAXIMA, while more than TOP_MAXIMA logits lie
+  above t: the row's count (`_finish`) differs, and the row takes
+  Michelot's rounds.
+
+  The maxima go in as columns, `[m]` values of all rows each, through an
+  insertion network of max and min into the sorted top values: elementwise
+  over the rows, one loop fusion vectorised across rows, where Michelot's
+  rounds on `[rows, m]` reduce a short row at a time (docs/measurement.md)."""
+  columns = list(maxima.T)
+  top = []
+  for value in columns:
+    kept = []
+    for high in top:
+      kept.append(jnp.maximum(high, value))
+      value = jnp.minimum(high, value)
+    top = kept + [value] if len(kept) < TOP_MAXIMA else kept
+  total, t = 0.0, None
+  for j, value in enumerate(top, start=1):
+    total = total + value
+    bound = (total - 1.0) / j
+    t = bound if t is None else jnp.maximum(t, bound)
+  n = sum(_indicator(value, t) for value in top)
+  squares = sum(jnp.square(jnp.maximum(value - t, 0.0)) for value in top)
+  return t[:, None], n[:, None], squares[:, None]
+
+
+def _indicator(values: Array, t: Array, zero: float = 0.0) -> Array:
+  """[values > t] as arithmetic, sign(relu(values - t)) (see `_rounds`):
+  three operations a logit, where min(relu(values - t) / tiny, 1) took
+  four. `zero` is relu's 0 (-0.0 gives the same sign)."""
+  return jnp.sign(jnp.maximum(values - t, zero))
 
 
 def _count(values: Array, t: Array) -> Array:
   return _softmax.apart(jnp.sum(_indicator(values, t), axis=-1, keepdims=True))
 
 
-def _count_or_nan(values: Array, t: Array) -> Array:
+def _count_or_nan(values: Array, t: Array, zero: float = 0.0) -> Array:
   """`_count`, NaN in a row with a NaN: sign(x) sign(relu(x)), x = values - t.
   XLA:CPU's library kernel drops a NaN from a max (relu(NaN) is 0 there), and
   so from the count, the excess sum and the block maxima; sign(NaN) is NaN,
   and sign(x) is -1, not NaN, for a logit of -inf. Two operations a logit
   more than `_count`'s chain, and x is written out a chunk at a time (the
   values behind a barrier for one of the signs instead took longer; see
-  docs/measurement.md): it is taken once a chunk."""
+  docs/measurement.md): it is taken once a chunk. `zero` as `_indicator`'s."""
   signs = jnp.sign(values - t)
-  return _softmax.apart(jnp.sum(signs * _indicator(values, t), axis=-1, keepdims=True))
+  return _softmax.apart(jnp.sum(signs * _indicator(values, t, zero), axis=-1, keepdims=True))
 
 
 def _excess(values: Array, t: Array) -> Array:
@@ -119,7 +262,7 @@ def _unpack(pairs: Array) -> Array:
   return jnp.concatenate([lo, hi], axis=-1)
 
 
-# Classes a block in the rounds' starts (`_maxima_start`, `_start`), and
+# Classes a block for the maxima (`_maxima_block`, `_start`), and
 # Michelot steps `_start` takes on the blocks' maxima (measured in
 # docs/measurement.md).
 BLOCK = 32
@@ -127,66 +270,13 @@ BLOCK_STEPS = 3
 
 
 def _maxima_block(classes: int) -> int | None:
-  """Classes a block for `_maxima_start`: the divisor of `classes` nearest
-  BLOCK within half to twice BLOCK (the smaller on a tie), or None where
-  there is none or the rows are narrower than 4 BLOCK."""
+  """Classes a block for `_solve_rows`'s maxima: the divisor of `classes`
+  nearest BLOCK within half to twice BLOCK (the smaller on a tie), or None
+  where there is none or the rows are narrower than 4 BLOCK."""
   if classes < 4 * BLOCK:
     return None
   near = sorted(range(BLOCK // 2, 2 * BLOCK + 1), key=lambda k: (abs(k - BLOCK), k))
   return next((k for k in near if classes % k == 0), None)
-
-
-# The most rows a chunk may hold for the rounds to start from the block
-# maxima's threshold (`_maxima_start`; measured in docs/measurement.md).
-MAXIMA_START_ROWS = 128
-
-
-def _maxima_start(rows: Array, chunk: int) -> tuple:
-  """The rounds' start for rows `[rows, C]`, whose rounds take `chunk` rows
-  at a time: `(t, n)`, `[rows, 1]` each, the fixed point of Michelot's rounds
-  on each row's block maxima (`_maxima_block` classes a block) and its count;
-  `()`, each chunk then taking `_start`, where the classes have no such block
-  or a chunk holds more than MAXIMA_START_ROWS rows.
-
-  The maxima's threshold t lies at or below tau (a block's max is one of
-  its logits), and it is tau itself where the row counts n logits above t,
-  as many as the maxima: the logits above t are then the maxima above t,
-  whose excess sum is 1. So the first round's count either ends the row's
-  rounds or gives the step from t. For Gaussian logits of scale 2 (the
-  benchmarks') 0.6% of rows of 32,000 classes need that step (a block holds
-  two of the support), and a chunk of 8 rows rarely holds one; 6.5% of rows
-  of 1,000 classes do, and nearly every chunk of 256 rows still takes the
-  step and one more count, so that the maxima's pass and rounds cost about
-  what they save there.
-
-  The maxima are one pass over the stored logits for all rows (a slice of
-  the logits, for classes no block divides, would be copied out); their
-  rounds, on chunks of rows, read `C / k` values a row.
-  """
-  k = _maxima_block(rows.shape[-1])
-  if k is None or chunk > MAXIMA_START_ROWS:
-    return ()
-  maxima = _softmax.compute(jnp.max(rows.reshape(rows.shape[0], -1, k), axis=-1))
-  return _softmax.by_row_chunks(_maxima_fixed_point, (maxima,),
-                                _softmax.rows_per_chunk(*maxima.shape))
-
-
-def _maxima_fixed_point(maxima: Array) -> tuple:
-  """Michelot's rounds on `[rows, n]` values from max - 1 to their fixed
-  point: `(t, n)`, `[rows, 1]` each. A round steps, then counts; the rounds
-  stop when no row's count changed (a NaN row's count, never equal to
-  itself, is left out of the test)."""
-  t = jnp.max(maxima, axis=-1, keepdims=True) - 1.0
-
-  def round_(state):
-    t, n, _, rounds = state
-    t = _step(maxima, t, n)
-    new = _count(maxima, t)
-    return t, new, _changed(new, n) & (rounds < maxima.shape[-1]), rounds + 1
-
-  state = (t, _count(maxima, t), jnp.array(True), jnp.array(0))
-  t, n, _, _ = jax.lax.while_loop(lambda state: state[2], round_, state)
-  return t, n
 
 
 def _changed(new: Array, n: Array) -> Array:
@@ -198,7 +288,7 @@ def _changed(new: Array, n: Array) -> Array:
 
 def _start(z: Array) -> Array:
   """A first t at or below tau for a chunk of rows `[rows, C]` where
-  `_maxima_start` gives none: Michelot's steps on the rows' block maxima
+  `_solve_rows` takes no maxima: Michelot's steps on the rows' block maxima
   (BLOCK classes a block, and the classes left over as one more). Each block
   adds at least relu(its max - t) to the excess sum, so the maxima's own
   threshold, and each of their Michelot steps from max - 1
@@ -225,8 +315,8 @@ def _fixed_point(z: Array, t: Array | None = None, n: Array | None = None):
   """Michelot's rounds for a chunk of rows `[rows, C]`: tau and |S| at the
   fixed point, `[rows, 1]` each. A round counts |S| first and takes its step
   only where a row's count changed. From `(t, n)`, a start at or below tau
-  and the count it was taken with (`_maxima_start`), or else from `_start`'s
-  bound and one step.
+  and the count of maxima above it (`_finish`),
+  or else from `_start`'s bound and one step.
 
   A row with a NaN gets a NaN tau (and so NaN probabilities, loss and
   gradient), and the other rows' rounds leave it out of their test: from
@@ -299,24 +389,18 @@ def multiclass_sparsemax_loss(scores, labels, *, axis: int = -1, where=None) -> 
   return batch.finish(_fenchel_young(batch.stored, batch.labels))
 
 
-def _loss_given(logits: Array, labels: Array, tau: Array) -> Array:
-  """The loss from its threshold `tau` (`[..., 1]`): with p = relu(z - tau)
-  summing to 1, sum_c p_c (z_c - z_y) = ||p||^2 + tau - z_y, so the loss is
-  ||p||^2 / 2 + tau - z_y + 1/2, one pass over the logits."""
-  # The pass converts the logits for itself (`read_again`), and relu's 0 here
-  # is -0.0 (the same squares): a conversion, or a constant, equal to the
-  # derivative's (`_fenchel_young_jvp`) would be one array that XLA:CPU
-  # shares between the two passes and so writes out, as large as the logits.
-  z = _softmax.compute(_softmax.read_again(logits))
-  squares = _softmax.apart(jnp.sum(jnp.square(jnp.maximum(z - tau, -0.0)), axis=-1))
+def _loss_of(logits: Array, labels: Array, tau: Array, squares: Array) -> Array:
+  """The loss from its threshold `tau` and ||p||^2 (`[..., 1]` each): with
+  p = relu(z - tau) summing to 1, sum_c p_c (z_c - z_y) = ||p||^2 + tau - z_y,
+  so the loss is ||p||^2 / 2 + tau - z_y + 1/2."""
   true_logit = _softmax.take_class(logits, labels).astype(tau.dtype)
-  return 0.5 * squares + tau[..., 0] - true_logit + 0.5
+  return 0.5 * squares[..., 0] + tau[..., 0] - true_logit + 0.5
 
 
 @jax.custom_jvp
 def _fenchel_young(logits: Array, labels: Array) -> Array:
   """The sparsemax loss, in the compute dtype, of `logits` in the caller's dtype."""
-  return _loss_given(logits, labels, _threshold(logits))
+  return _loss_of(logits, labels, *_threshold_and_squares(logits))
 
 
 @_fenchel_young.defjvp
@@ -326,8 +410,8 @@ def _fenchel_young_jvp(primals, tangents):
   # them anyway (two more logits-sized arrays written). p keeps tau's
   # derivative, so that the loss's second derivative is sparsemax's Jacobian.
   (logits, labels), (logits_dot, _) = primals, tangents
-  tau = _threshold(logits)
-  value = _loss_given(logits, labels, tau)
+  tau, squares = _threshold_and_squares(logits)
+  value = _loss_of(logits, labels, tau, squares)
   z, t = _softmax.read_again((logits, tau), 2)
   hit = _softmax._is_class(z.shape, labels)
   # The one-hot as a converted compare (a select is written out first).
