@@ -141,10 +141,10 @@ def _finish(rows: Array, t: Array, n: Array, squares: Array, count: Array) -> tu
   """tau, |S| and ||p||^2 of rows `[rows, C]` from the maxima's threshold
   `t`, its count `n` and squares (`_maxima_threshold`) and the rows' count
   above `t`, `[rows, 1]` each: the maxima's where the two counts agree, and
-  Michelot's rounds from `t` on the other rows (a NaN count among them), a
-  chunk of them at a time (`_softmax.rows_per_chunk` rows), gathered from
-  the logits in order: as many chunks as those rows fill, none where there
-  are none."""
+  Michelot's rounds from `t` and the rows' count on the other rows (a NaN
+  count among them), a chunk of them at a time (`_softmax.rows_per_chunk`
+  rows), gathered from the logits in order: as many chunks as those rows
+  fill, none where there are none."""
   count_rows, classes = rows.shape
   left = ~(count[:, 0] == n[:, 0])
   chunk = _softmax.rows_per_chunk(count_rows, classes)
@@ -160,7 +160,7 @@ def _finish(rows: Array, t: Array, n: Array, squares: Array, count: Array) -> tu
     # gathers bfloat16 as float32, and would convert all the logits once,
     # out of the loop, to gather from (262 MB written at (65536, 1000)).
     z = _softmax.compute(jax.lax.optimization_barrier((rows, i))[0][take])
-    tau_chunk, support_chunk = _fixed_point(z, t[take], n[take])
+    tau_chunk, support_chunk = _fixed_point(z, t[take], count[take])
     squares_chunk = jnp.sum(jnp.square(jnp.maximum(z - tau_chunk, 0.0)), axis=-1, keepdims=True)
     return tuple(whole.at[at].set(part, mode="drop") for whole, part in
                  ((tau, tau_chunk), (support, support_chunk), (squares, squares_chunk)))
@@ -238,9 +238,9 @@ def _count_or_nan(values: Array, t: Array, zero: float = 0.0) -> Array:
   XLA:CPU's library kernel drops a NaN from a max (relu(NaN) is 0 there), and
   so from the count, the excess sum and the block maxima; sign(NaN) is NaN,
   and sign(x) is -1, not NaN, for a logit of -inf. Two operations a logit
-  more than `_count`'s chain, and x is written out a chunk at a time (the
-  values behind a barrier for one of the signs instead took longer; see
-  docs/measurement.md): it is taken once a chunk. `zero` as `_indicator`'s."""
+  more than `_count`'s chain (the values behind a barrier for one of the
+  signs instead took longer; see docs/measurement.md): it is taken once, over
+  all the logits (`_solve_rows`). `zero` as `_indicator`'s."""
   signs = jnp.sign(values - t)
   return _softmax.apart(jnp.sum(signs * _indicator(values, t, zero), axis=-1, keepdims=True))
 
@@ -313,32 +313,31 @@ def _start(z: Array) -> Array:
 
 def _fixed_point(z: Array, t: Array | None = None, n: Array | None = None):
   """Michelot's rounds for a chunk of rows `[rows, C]`: tau and |S| at the
-  fixed point, `[rows, 1]` each. A round counts |S| first and takes its step
-  only where a row's count changed. From `(t, n)`, a start at or below tau
-  and the count of maxima above it (`_finish`),
-  or else from `_start`'s bound and one step.
+  fixed point, `[rows, 1]` each. From `(t, n)`, a start at or below tau and
+  the count of logits above it (`_finish` has both from its pass over all the
+  logits), or else from `_start`'s bound and its count: one step, then
+  rounds that count |S| first and take their step only where a row's count
+  changed.
 
   A row with a NaN gets a NaN tau (and so NaN probabilities, loss and
   gradient), and the other rows' rounds leave it out of their test: from
-  `(t, n)` its first count is NaN (`_count_or_nan`), which the rounds carry;
-  from `_start`, its first step's excess sum is (XLA:CPU's loop keeps the NaN
+  `(t, n)` its count is NaN (`_count_or_nan`), which the rounds carry; from
+  `_start`, its first step's excess sum is (XLA:CPU's loop keeps the NaN
   there; the tests hold both starts to it).
   """
   z = _softmax.compute(z)
 
-  def round_(state, count=_count):
+  def round_(state):
     t, n, _, rounds = state
-    new = count(z, t) + 0.0 * n
+    new = _count(z, t) + 0.0 * n
     changed = _changed(new, n)
     t = jax.lax.cond(changed, lambda: _step(z, t, new), lambda: t)
     return t, new, changed & (rounds < z.shape[-1]), rounds + 1
 
   if t is None:
-    start = _start(z)
-    n = _count(z, start)
-    state = (_step(z, start, n), n, jnp.array(True), jnp.array(0))
-  else:
-    state = round_((t, n, jnp.array(True), jnp.array(0)), _count_or_nan)
+    t = _start(z)
+    n = _count(z, t)
+  state = (_step(z, t, n), n, jnp.array(True), jnp.array(0))
   tau, n, _, _ = jax.lax.while_loop(lambda state: state[2], round_, state)
   return jnp.where(jnp.isnan(n), n, tau), n
 
