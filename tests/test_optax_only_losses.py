@@ -265,22 +265,25 @@ def test_sparsemax_is_the_simplex_projection(rng):
 
 @pytest.mark.parametrize("shape", [(7, 6), (5, 9), (263, 1000), (256, 1000)])
 def test_sparsemax_bfloat16_is_its_float32_upcast(shape, rng):
-  """bfloat16 rows (even class counts go in as pairs of bits, odd ones as
-  they are; 263 rows fill no whole chunk, 256 do) against the float32
-  computation on the same values: the same loss, gradient and probabilities
-  (the rounds only sum in another order)."""
+  """bfloat16 rows against the float32 computation on the same values: the
+  same loss, gradient and probabilities (the sums only add in another
+  order). Few classes take Michelot's rounds (even class counts as pairs of
+  bits, odd ones as they are); 1000 take the block maxima, and the rows
+  they leave over are gathered as bfloat16 (263 rows fill no whole chunk,
+  256 do)."""
   z = jnp.asarray(rng.normal(size=shape) * 2, jnp.bfloat16)
   labels = jnp.asarray(rng.integers(0, shape[1], size=shape[0]))
   wide = z.astype(jnp.float32)
-  # Under jit, both dtypes (eagerly, each operation compiles apart: 3x the time).
-  loss = jax.jit(lambda z: lossjax.multiclass_sparsemax_loss(z, labels))
-  np.testing.assert_allclose(loss(z), loss(wide), rtol=1e-5, atol=1e-6)
-  grad = jax.jit(jax.grad(lambda z: loss(z).sum()))
-  np.testing.assert_allclose(grad(z).astype(jnp.float32), grad(wide).astype(jnp.bfloat16)
+  loss = lambda z: lossjax.multiclass_sparsemax_loss(z, labels)
+  # Under jit, one program a dtype (eagerly, each operation compiles apart).
+  run = jax.jit(lambda z: (loss(z), jax.grad(lambda z: loss(z).sum())(z), lossjax.sparsemax(z)))
+  (narrow_loss, narrow_grad, narrow_p), (wide_loss, wide_grad, _) = run(z), run(wide)
+  np.testing.assert_allclose(narrow_loss, wide_loss, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(narrow_grad.astype(jnp.float32), wide_grad.astype(jnp.bfloat16)
                              .astype(jnp.float32), atol=1e-2)
   # sparsemax's probabilities come out in bfloat16: z - tau rounds twice (tau
   # to bfloat16, then the difference), each by at most 2**-9 of the larger of |z|, |tau|.
-  got = np.asarray(jax.jit(lossjax.sparsemax)(z).astype(jnp.float32))
+  got = np.asarray(narrow_p.astype(jnp.float32))
   want = reference.sparsemax_probabilities(np.asarray(wide, np.float64))
   rounding = 2.0 ** -8 * (np.abs(np.asarray(wide)).max(-1, keepdims=True) + 1.0)
   assert np.all(np.abs(got - want) <= rounding)
@@ -308,12 +311,14 @@ def test_sparsemax_rows_whose_support_is_every_class_or_one(classes, copies, rng
   labels = jnp.asarray(rng.integers(0, classes // 2, size=len(rows)) * 2 + 1)
   z = jnp.asarray(rows)
   want = reference.sparsemax_probabilities(rows)
-  np.testing.assert_allclose(jax.jit(lossjax.sparsemax)(z), want, atol=1e-6)
-  loss = jax.jit(lambda z: lossjax.multiclass_sparsemax_loss(z, labels))
+  loss = lambda z: lossjax.multiclass_sparsemax_loss(z, labels)
+  # One program for the three (compiled apart, twice the time).
+  p, values, grad = jax.jit(
+      lambda z: (lossjax.sparsemax(z), loss(z), jax.grad(lambda z: loss(z).sum())(z)))(z)
+  np.testing.assert_allclose(p, want, atol=1e-6)
   finite = np.maximum(rows, -1e30)  # the reference's p * z is 0 * -inf otherwise
-  np.testing.assert_allclose(loss(z), reference.sparsemax(finite, np.asarray(labels)), rtol=1e-5,
+  np.testing.assert_allclose(values, reference.sparsemax(finite, np.asarray(labels)), rtol=1e-5,
                              atol=1e-6)
-  grad = jax.jit(jax.grad(lambda z: loss(z).sum()))(z)
   np.testing.assert_allclose(grad, want - np.eye(classes)[np.asarray(labels)], atol=1e-5)
 
 
@@ -343,19 +348,18 @@ def test_sparsemax_rows_the_block_maxima_do_not_settle(rows, classes, rng):
   if classes == 1000:  # (at 32000 classes, 0.6% of Gaussian rows)
     assert unsettled[kinds == 0].any() and unsettled.sum() > _softmax.rows_per_chunk(rows, classes)
 
+  loss = lambda z: lossjax.multiclass_sparsemax_loss(z, labels)
+  # One program for the three (compiled apart, the three took 3.5x the time).
+  got, values, grad = map(np.asarray, jax.jit(
+      lambda z: (lossjax.sparsemax(z), loss(z), jax.grad(lambda z: loss(z).sum())(z)))(z))
   finite = np.delete(np.arange(rows), 5)
   want = reference.sparsemax_probabilities(z[finite])
-  got = np.asarray(jax.jit(lossjax.sparsemax)(z))
   np.testing.assert_allclose(got[finite], want, atol=1e-6)
-  assert np.isnan(got[5]).all()
-  loss = jax.jit(lambda z: lossjax.multiclass_sparsemax_loss(z, labels))
-  values = np.asarray(loss(z))
   want_loss = reference.sparsemax(z[finite], np.asarray(labels)[finite])
   np.testing.assert_allclose(values[finite], want_loss, rtol=1e-5, atol=1e-5)
-  assert np.isnan(values[5])
-  grad = np.asarray(jax.jit(jax.grad(lambda z: loss(z).sum()))(z))
   want[np.arange(len(finite)), np.asarray(labels)[finite]] -= 1.0
   np.testing.assert_allclose(grad[finite], want, atol=1e-5)
+  assert np.isnan(got[5]).all() and np.isnan(values[5]) and np.isnan(grad[5]).all()
 
 
 def _maxima_tau(values):
@@ -387,15 +391,16 @@ def test_sparsemax_rows_with_a_nan_give_nan_and_leave_the_others_exact(rows, cla
   and probabilities NaN, from each start (see the test above)."""
   z = rng.normal(size=(rows, classes)).astype(np.float32) * 2
   labels = jnp.asarray(rng.integers(0, classes, size=rows))
-  clean = np.asarray(lossjax.multiclass_sparsemax_loss(z, labels))
+  loss = lambda z: lossjax.multiclass_sparsemax_loss(z, labels)
+  # One program for the three, under jit (eagerly, each operation compiles apart).
+  run = jax.jit(lambda z: (loss(z), jax.grad(lambda z: loss(z).sum())(z), lossjax.sparsemax(z)))
+  clean = np.asarray(run(z)[0])
   z[3, np.argmin(z[3])] = np.nan  # that row's count is NaN: it must not hold the others' rounds open
-  loss = jax.jit(lossjax.multiclass_sparsemax_loss)
-  got = np.asarray(loss(z, labels))
+  got, grad, p = map(np.asarray, run(z))
   assert np.isnan(got[3])
   np.testing.assert_allclose(np.delete(got, 3), np.delete(clean, 3), rtol=1e-6)
-  grad = np.asarray(jax.jit(jax.grad(lambda z: loss(z, labels).sum()))(z))
   assert np.isnan(grad[3]).all() and np.isfinite(np.delete(grad, 3, axis=0)).all()
-  assert np.isnan(np.asarray(jax.jit(lossjax.sparsemax)(z))[3]).all()
+  assert np.isnan(p[3]).all()
 
 
 def test_no_classes_left_gives_zero_as_optax():
