@@ -267,8 +267,8 @@ def test_sparsemax_is_the_simplex_projection(rng):
 def test_sparsemax_bfloat16_is_its_float32_upcast(shape, rng):
   """bfloat16 rows against the float32 computation on the same values: the
   same loss, gradient and probabilities (the sums only add in another
-  order). Few classes take Michelot's rounds (even class counts as pairs of
-  bits, odd ones as they are); 1000 take the block maxima, and the rows
+  order). Few classes take Michelot's rounds, chunks of bfloat16 rows
+  converted as they are read; 1000 take the block maxima, and the rows
   they leave over are gathered as bfloat16 (263 rows fill no whole chunk,
   256 do)."""
   z = jnp.asarray(rng.normal(size=shape) * 2, jnp.bfloat16)

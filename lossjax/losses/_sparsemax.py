@@ -104,26 +104,7 @@ def _rounds(rows: Array) -> tuple:
   round after the first come from the cache, and a round skips its step in
   a chunk where no row's count changed.
   """
-  chunk = _softmax.rows_per_chunk(*rows.shape)
-  return _softmax.by_row_chunks(lambda r: _fixed_point(_wide(r)), (_narrow(rows),), chunk)
-
-
-def _narrow(rows: Array) -> Array:
-  """bfloat16 rows `[rows, C]` as the bits of pairs of logits (`[rows, C /
-  2]` uint32), so that the rounds convert each chunk to float32 as they read
-  it (`_wide`): XLA moves a conversion of the rows themselves out of the
-  loop, writing all the logits out in float32 first (float16, and an odd
-  number of classes, still do). Other rows as they are."""
-  classes = rows.shape[-1]
-  if rows.dtype == jnp.bfloat16 and classes > 0 and classes % 2 == 0:
-    return jax.lax.bitcast_convert_type(rows.reshape(-1, classes // 2, 2), jnp.uint32)
-  return rows
-
-
-def _wide(rows: Array) -> Array:
-  """`_narrow`'s rows back as logits (pairs of bfloat16 as their float32
-  values, `_unpack`)."""
-  return _unpack(rows) if rows.dtype == jnp.uint32 else rows
+  return _softmax.by_row_chunks(_fixed_point, (rows,), _softmax.rows_per_chunk(*rows.shape))
 
 
 def _squares(rows: Array, tau: Array) -> Array:
@@ -251,15 +232,6 @@ def _excess(values: Array, t: Array) -> Array:
 
 def _step(values: Array, t: Array, n: Array) -> Array:
   return t + (_excess(values, t) - 1.0) / n
-
-
-def _unpack(pairs: Array) -> Array:
-  """Two bfloat16 logits a uint32 (`[..., C / 2]`) as their float32 values
-  (`[..., C]`, in another order, which no round depends on): a bfloat16 is
-  the upper half of its float32, exactly."""
-  lo = jax.lax.bitcast_convert_type(jax.lax.shift_left(pairs, jnp.uint32(16)), jnp.float32)
-  hi = jax.lax.bitcast_convert_type(pairs & jnp.uint32(0xFFFF0000), jnp.float32)
-  return jnp.concatenate([lo, hi], axis=-1)
 
 
 # Classes a block for the maxima (`_maxima_block`, `_start`), and

@@ -122,17 +122,14 @@ def _brier_terms(stored: Array, labels: Array):
   is a stored logit, exact in float32, so exp(z - c) / s carries no more
   rounding than the softmax itself (relative to the log-normaliser l, exp(z
   - l) is off by l's rounding, ~|l| ulps: 6e-6 relative for logits near 100).
-  sum_c p_c^2 = sum_c exp(2 (z_c - c)) / s^2: on CPU, for four-byte logits,
-  both sums come from one exponential per logit (`_exp_sums_in_chunks`);
-  otherwise it is one more exp-and-sum pass that reads the stored logits
-  afresh (`_softmax.read_again`), so that bfloat16 logits are converted
-  inside each pass, not written out once in float32 for both
-  (docs/measurement.md)."""
+  sum_c p_c^2 = sum_c exp(2 (z_c - c)) / s^2: on CPU both sums come from one
+  exponential per logit (`_exp_sums_in_chunks`); elsewhere it is one more
+  exp-and-sum pass that reads the stored logits afresh
+  (`_softmax.read_again`), so that bfloat16 logits are converted inside each
+  pass, not written out once in float32 for both (docs/measurement.md)."""
   true_logit = _softmax.take_class(stored, labels)
 
   def relative_to(shift):
-    if _softmax._two_byte_float(stored):
-      return (shift,) + _exp_sums_in_two_passes(stored, shift)
     return (shift,) + jax.lax.platform_dependent(
         stored, shift, cpu=_exp_sums_in_chunks, default=_exp_sums_in_two_passes)
 
@@ -166,11 +163,8 @@ def _exp_sums_in_chunks(stored: Array, shift: Array) -> tuple:
   of rows (`_softmax.CHUNK` logits), each chunk's exp(z - shift) written out
   (to the cache) and both sums read from it. XLA:CPU runs two reductions of
   one exponential as two passes, each taking the exponential, and as
-  siblings of one fusion slower still (docs/measurement.md).
-
-  Four-byte and wider logits only: for bfloat16 logits XLA:CPU converted all
-  of them to float32 before the loop (and copied their uint16 bits out, given
-  those), a logits-sized write that costs more than the exponential it saves."""
+  siblings of one fusion slower still (docs/measurement.md). bfloat16
+  chunks are converted as they are read (`_softmax.by_row_chunks`)."""
   classes = stored.shape[-1]
   rows = stored.reshape(-1, classes)
 
