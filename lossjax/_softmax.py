@@ -277,12 +277,11 @@ def row_max(values: Array) -> Array:
   """max over the last axis, `[..., C] -> [...]`, in the dtype of `values`, with
   jnp.max's derivative (the tangent averaged over the row's maxima).
 
-  The derivative's indicator of the maxima is arithmetic, 1 - min((m - z) /
-  tiny, 1), not jnp.max's compare: XLA:CPU computes it inside the pass that
-  uses it, where the compare's indicator is first written out as a
-  logits-sized array (docs/measurement.md). It is exact wherever m - z
-  is 0 or at least the smallest normal number (always, as XLA:CPU flushes
-  smaller differences to 0).
+  The derivative's indicator of the maxima is arithmetic (`_indicator`),
+  not jnp.max's compare, and NaN in a row with a NaN, as are the derivative
+  and, under differentiation, the value (`with_nan_of`). The value alone is
+  jnp.max's: on XLA:CPU a float32 or float64 row max drops a NaN
+  (openxla/xla#21461; two-byte floats keep it).
 
   Two-byte floats take the max in two steps where a block of k classes (a
   divisor of C in 16..64, as `rival_max`'s) exists: the block maxima, then
@@ -302,56 +301,62 @@ def row_max(values: Array) -> Array:
 def _row_max_jvp(primals, tangents):
   (values,), (d_values,) = primals, tangents
   top = row_max(values)
-  return top, _row_max_tangent(values, top, compute(d_values)).astype(top.dtype)
+  tangent, count = _row_max_derivative(values, top, compute(d_values))
+  return with_nan_of(top, count), tangent.astype(top.dtype)
 
 
-def _row_max_tangent(values: Array, top: Array, d_wide: Array) -> Array:
-  """jnp.max's tangent, in the compute dtype, of the row maxima `top`."""
+def _row_max_derivative(values: Array, top: Array, d_wide: Array) -> tuple:
+  """jnp.max's tangent, in the compute dtype, of the row maxima `top`, and
+  the count of the maxima it averages over (NaN in a row with a NaN)."""
   level = compute(top)
-  return jnp.sum(_indicator(values, level) * d_wide, axis=-1) / _count_at_max(values, level)
+  count = _count_equal(values, level)
+  return jnp.sum(_indicator(values, level) * d_wide, axis=-1) / count, count
 
 
-def _count_at_max(values: Array, top: Array) -> Array:
-  """`_count_equal` where `top` is each row's max: every value is at most it,
-  so the count is C less the sum of min((top - z) / tiny, 1), two operations
-  a logit fewer than the indicator's (no |.|, no 1 - .)."""
-  if not _two_byte_float(values):
-    return _count_equal(values, top)
-  one, scale = _indicator_constants(top.dtype)
-  values, top, one, scale = read_again((values, top, one, scale))
-  below = jnp.minimum((top[..., None] - compute(values)) * scale, one)
-  return values.shape[-1] - apart(jnp.sum(below, axis=-1))
+def with_nan_of(values: Array, counts: Array) -> Array:
+  """`values` (`[...]`), NaN where `counts` (`[...]`) is NaN and `values`
+  are finite (an infinite max stays itself: its count is NaN from inf - inf).
+
+  XLA:CPU's float32 and float64 max over a row drops a NaN in it (its
+  library kernel; openxla/xla#21461), so a row max there says nothing of a
+  NaN among the row's other values. The derivatives' counts (`_count_equal`)
+  do: a max's value from a derivative's rule carries them, so that a
+  gradient step sees its loss NaN as well as its gradient."""
+  return jnp.where(jnp.isinf(values), values, values + (0.0 * counts).astype(values.dtype))
 
 
-def _indicator(values: Array, level: Array, constants: tuple | None = None) -> Array:
+def _indicator(values: Array, level: Array) -> Array:
   """`[..., C]`, in the compute dtype: 1 where `values` equal their row's
-  `level` (`[...]`), else 0, as arithmetic, 1 - min(|level - z| / tiny, 1)
-  (see `row_max`); `constants`, (1, 1 / tiny), if given."""
+  `level` (`[...]`), 0 elsewhere, NaN where either is NaN, as arithmetic,
+  1 - sign(|z - level|): XLA:CPU computes it inside the pass that uses it,
+  where a compare's indicator is first written out as a logits-sized array
+  (docs/measurement.md). Exact, but for values a subnormal number apart,
+  which XLA:CPU's flush of such differences to 0 makes equal."""
   wide = compute(values)
-  one, scale = _indicator_constants(wide.dtype) if constants is None else constants
-  return one - jnp.minimum(jnp.abs(level[..., None] - wide) * scale, one)
+  return 1.0 - _differs(wide, level[..., None])
 
 
-def _indicator_constants(dtype) -> tuple:
-  return jnp.asarray(1.0, dtype), jnp.asarray(1.0 / jnp.finfo(dtype).tiny, dtype)
+def _differs(values: Array, level: Array) -> Array:
+  """sign(|values - level|): 0 where equal, 1 where not, NaN with a NaN (a
+  max or min in its place would drop the NaN on XLA:CPU). sign of the
+  difference itself, where most differences are negative, took XLA:CPU's
+  library kernel twice the time (docs/measurement.md)."""
+  return jnp.sign(jnp.abs(values - level))
 
 
 def _count_equal(values: Array, level: Array) -> Array:
-  """How many of each row's `values` equal its `level`, `[...]`.
+  """How many of each row's `values` equal its `level`, `[...]`, NaN in a
+  row with a NaN: C less the sum of `_differs`, three operations a logit.
 
-  For two-byte floats in a pass of its own: the indicator, its constants and
-  its inputs from behind a barrier, the count kept apart (`apart`), and the
-  gradient's loop computes the indicator again. Otherwise XLA:CPU makes the
-  count and a bfloat16 gradient one kernel, for which it writes the
-  indicator, or its constants broadcast over the logits, or the true class's
-  one-hot, out as a logits-sized float32 array (docs/measurement.md). A
-  float32 gradient's one-hot is a scatter after that kernel: there the one
-  kernel is kept.
+  In a pass of its own: its inputs from behind a barrier and the count kept
+  apart (`apart`), so that the gradient's loop computes its indicator again.
+  Shared with that loop, XLA:CPU writes `_differs` out as a logits-sized
+  float32 array; made one kernel with a bfloat16 gradient, the indicator or
+  the true class's one-hot (docs/measurement.md).
   """
-  if not _two_byte_float(values):
-    return jnp.sum(_indicator(values, level), axis=-1)
-  constants = _indicator_constants(level.dtype)
-  return apart(jnp.sum(_indicator(*read_again((values, level, constants))), axis=-1))
+  values, level = read_again((values, level))
+  differ = jnp.sum(_differs(compute(values), level[..., None]), axis=-1)
+  return values.shape[-1] - apart(differ)
 
 
 @jax.custom_jvp
@@ -432,6 +437,8 @@ def rival_max(values: Array, labels: Array) -> Array:
   only the true class's own block of k logits is picked and searched with the
   class left out; the rival is the larger of that and the other blocks'
   maxima. Where C < 16, or no k in 16..64 divides C (C > 64), the select is used.
+  A NaN in a row, other than the label's, gives NaN where `row_max` does
+  (two-byte floats through their block maxima).
 
   The derivative is jnp.max's (the tangent averaged over the classes, other
   than the label's, that attain the max), its indicator arithmetic as in
@@ -467,7 +474,12 @@ def _rival_of_blocks(block_max: Array, blocks: Array, labels: Array) -> Array:
   others = jnp.where(_is_class(block_max.shape, labels // k), -jnp.inf, block_max)
   own = _own_block(blocks, labels // k)
   own = jnp.where(_is_class(own.shape, labels % k), -jnp.inf, own)
-  return jnp.max(jnp.concatenate([compute(others), own], axis=-1), axis=-1).astype(block_max.dtype)
+  rival = jnp.max(jnp.concatenate([compute(others), own], axis=-1), axis=-1)
+  if _two_byte_float(block_max):
+    # The two-byte block maxima keep a NaN of their block (XLA:CPU's float32
+    # max above drops it): the rows' NaNs, from them.
+    rival = with_nan_of(rival, apart(jnp.sum(jnp.sign(read_again(compute(block_max))), axis=-1)))
+  return rival.astype(block_max.dtype)
 
 
 def _own_block(blocks: Array, index: Array) -> Array:
@@ -486,44 +498,23 @@ def _rival_max_jvp(primals, tangents):
   values, labels = primals
   d_values, _ = tangents  # labels are integers: no tangent
   rival = rival_max(values, labels)
-  return rival, _rival_max_tangent(values, labels, rival, compute(d_values)).astype(rival.dtype)
+  tangent, count = _rival_max_derivative(values, labels, rival, compute(d_values))
+  return with_nan_of(rival, count), tangent.astype(rival.dtype)
 
 
-def _rival_max_tangent(values: Array, labels: Array, rival: Array, d_wide: Array) -> Array:
-  """`rival_max`'s tangent, in the compute dtype."""
+def _rival_max_derivative(values: Array, labels: Array, rival: Array, d_wide: Array) -> tuple:
+  """`rival_max`'s tangent, in the compute dtype, and the count of the
+  classes other than the label's at the rival (NaN in a row with a NaN)."""
   # A rival of -inf (every other class -inf, or C = 1) has no derivative: a
   # finite stand-in keeps the indicator finite (the count below is then 0).
   level = jnp.where(rival == -jnp.inf, 0.0, compute(rival))
   true_logit = compute(take_class(values, labels))
   true_at_level = _indicator(true_logit[..., None], level)[..., 0]
-  count = _count_at_rival(values, level, true_logit, true_at_level)
+  # The label's own class, which may tie the rival, taken back out.
+  count = _count_equal(values, level) - true_at_level
   share = (jnp.sum(_indicator(values, level) * d_wide, axis=-1)
            - true_at_level * _true_class_tangent(labels, d_wide))
-  return share / jnp.maximum(count, 1.0)
-
-
-def _count_at_rival(values: Array, rival: Array, true_logit: Array,
-                    true_at_level: Array) -> Array:
-  """How many classes other than the label's have the value `rival`, their
-  max. Two-byte floats count in a pass of their own (see `_count_equal`) one
-  operation a logit shorter: every value but the label's is at most `rival`,
-  so with t = clip((rival - z) / tiny, 0, 1) (0 at the rival, else 1, and
-  also 0 where the label's value is above it) the count is C - 1 less the
-  sum of t over the classes other than the label's."""
-  if not _two_byte_float(values):
-    return _count_equal(values, rival) - true_at_level
-  constants = (jnp.zeros((), rival.dtype),) + _indicator_constants(rival.dtype)
-  label_t = _short_of(true_logit, rival, constants)
-  values, level, constants = read_again((values, rival, constants))
-  total = apart(jnp.sum(_short_of(compute(values), level[..., None], constants), axis=-1))
-  return (values.shape[-1] - 1) - (total - label_t)
-
-
-def _short_of(values: Array, level: Array, constants: tuple) -> Array:
-  """clip((level - values) / tiny, 0, 1): 0 where a value is at or above
-  `level`, 1 below it (exact as `_indicator` is); `constants` (0, 1, 1 / tiny)."""
-  zero, one, scale = constants
-  return jnp.minimum(jnp.maximum((level - values) * scale, zero), one)
+  return share / jnp.maximum(count, 1.0), count
 
 
 def _true_class_tangent(labels: Array, d_values: Array) -> Array:
@@ -556,9 +547,9 @@ def _narrow_margin_statistics_jvp(rival, primals, tangents):
   (values, labels), (d_values, _) = primals, tangents
   top, true_logit = _narrow_margin_statistics(values, labels, rival)
   d_wide = compute(d_values)
-  d_top = (_rival_max_tangent(values, labels, top, d_wide) if rival
-           else _row_max_tangent(values, top, d_wide))
-  return (top, true_logit), (d_top, _true_class_tangent(labels, d_wide))
+  d_top, count = (_rival_max_derivative(values, labels, top, d_wide) if rival
+                  else _row_max_derivative(values, top, d_wide))
+  return (with_nan_of(top, count), true_logit), (d_top, _true_class_tangent(labels, d_wide))
 
 
 def true_class_log_prob(logits: Array, labels: Array) -> Array:

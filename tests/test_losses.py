@@ -110,6 +110,58 @@ def test_extreme_logits_give_finite_loss_and_gradient(name, dtype, rng):
   assert np.all(np.isfinite(np.asarray(grad, np.float32)))
 
 
+# The losses whose forward alone takes a row max on XLA:CPU, where a float32 or
+# float64 max drops a NaN (`lossjax._softmax.with_nan_of`).
+ROW_MAX_FORWARD = {"hinge", "squared_hinge", "perceptron"}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, *LOW_PRECISION], ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("name", ALL)
+def test_a_nan_logit_makes_its_example_nan(name, dtype, rng):
+  """A NaN logit makes its example's loss and gradient NaN and leaves the
+  others finite: at the label's class, at the class beside it (the label's
+  own block of the rival max) and far from it, over 1000 classes (the
+  library-kernel paths). The loss from value_and_grad or a vjp always; the
+  forward alone too, but for a row max's losses in float32 on CPU, where
+  only the label's own NaN reaches it (docs/guide.md)."""
+  classes = 1000
+  binary = losses.spec(name).kind == "binary"
+  rows = 256  # XLA:CPU takes its library kernels at this size
+  logits = rng.normal(scale=2.0, size=(rows, classes))
+  labels = rng.integers(0, 2 if binary else classes, size=(rows, classes) if binary else (rows,))
+  label = labels[:, 0] if binary else labels
+  nan_at = {1: label[1], 2: label[2] ^ 1, 3: (label[3] + classes // 2) % classes,
+            4: 0 if binary else (label[4] + 1) % classes}
+  for row, column in nan_at.items():
+    logits[row, column] = np.nan
+  z, y = jnp.asarray(logits, dtype), jnp.asarray(labels, jnp.int32)
+  fn = losses.get(name)
+
+  def values_and_gradient(z):
+    values, pullback = jax.vjp(lambda z: fn(z, y), z)
+    return values, pullback(jnp.ones_like(values))[0]
+
+  values, grad = jax.jit(values_and_gradient)(z)
+  forward = np.asarray(jax.jit(fn)(z, y))
+  grad = np.asarray(grad, np.float32)
+  nan_rows = sorted(nan_at)
+  clean = [0, *range(5, rows)]
+  if binary:  # one loss per logit
+    nan_rows = (np.array(nan_rows), np.array([nan_at[r] for r in nan_rows]))
+  assert np.isnan(np.asarray(values)[nan_rows]).all()
+  assert np.isfinite(np.asarray(values)[clean]).all()
+  assert np.isfinite(grad[clean]).all()
+  if binary:
+    assert np.isnan(grad[nan_rows]).all()
+  else:
+    assert all(np.isnan(grad[row]).any() for row in nan_at)
+  dropped = (name in ROW_MAX_FORWARD and jnp.dtype(dtype).itemsize >= 4
+             and jax.default_backend() == "cpu")
+  shown = [1] if dropped else nan_rows
+  assert np.isnan(forward[shown]).all()
+  assert np.isfinite(forward[clean]).all()
+
+
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("name", ALL)
 def test_low_precision_inputs_are_computed_in_float32(name, dtype, rng):

@@ -166,8 +166,8 @@ def test_rival_max_is_the_max_without_the_label_with_its_derivative(classes, dty
 def test_row_max_derivative_averages_over_ties(classes, dtype, rng):
   """row_max's derivative is jnp.max's: the tangent averaged over the row's
   maxima. Few distinct values, so most rows have several; a row of -inf
-  logits but one. The count of two-byte rows is C less a sum that only a max
-  allows (`_count_at_max`)."""
+  logits but one. The count is C less a sum of sign(|z - max|)
+  (`_count_equal`)."""
   values = np.asarray(rng.integers(-3, 4, size=(12, classes)) / 2, np.float32)
   values[0, 1:] = -np.inf
   values = jnp.asarray(values, dtype)

@@ -33,7 +33,9 @@ def _crammer_singer_margin(batch) -> Array:
   stored logits (exact in any dtype; see `_softmax.rival_max` for how it
   avoids writing a select of the logits out)."""
   rival, true_logit = _prepare.margin_statistics(batch, rival=True)
-  return jnp.maximum(rival + 1.0 - true_logit, 0.0)
+  margin = rival + 1.0 - true_logit
+  # XLA:CPU's max with 0 can drop a NaN (`_softmax.with_nan_of`).
+  return jnp.where(jnp.isnan(margin), margin, jnp.maximum(margin, 0.0))
 
 
 def multiclass_hinge_loss(scores, labels, *, axis: int = -1,
