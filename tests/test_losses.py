@@ -123,7 +123,7 @@ def test_a_nan_logit_makes_its_example_nan(name, dtype, rng):
   own block of the rival max) and far from it, over 1000 classes (the
   library-kernel paths). The loss from value_and_grad or a vjp always; the
   forward alone too, but for a row max's losses in float32 on CPU, where
-  only the label's own NaN reaches it (docs/guide.md)."""
+  only the label's own NaN reaches it (docs/guide.md); and so their mean."""
   classes = 1000
   binary = losses.spec(name).kind == "binary"
   rows = 256  # XLA:CPU takes its library kernels at this size
@@ -160,6 +160,15 @@ def test_a_nan_logit_makes_its_example_nan(name, dtype, rng):
   shown = [1] if dropped else nan_rows
   assert np.isnan(forward[shown]).all()
   assert np.isfinite(forward[clean]).all()
+  # The mean over one NaN far from the label: a mean takes an elementwise
+  # loss into XLA:CPU's library kernel, where a max or min drops a NaN.
+  one_nan = np.where(np.isnan(logits), 0.0, logits)
+  one_nan[3, nan_at[3]] = np.nan
+  one_nan = jnp.asarray(one_nan, dtype)
+  mean = lambda z: jnp.mean(fn(z, y))
+  value, grad = jax.jit(jax.value_and_grad(mean))(one_nan)
+  assert np.isnan(float(value)) and np.isnan(np.asarray(grad, np.float32)).any()
+  assert dropped or np.isnan(float(jax.jit(mean)(one_nan)))
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=lambda d: jnp.dtype(d).name)

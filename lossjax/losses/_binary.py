@@ -33,6 +33,15 @@ def _binary_batch(logits, labels, where):
   return logits, labels, where
 
 
+def keeping_nan(loss: Array, x: Array) -> Array:
+  """`loss` + 0 sign(x): NaN where `x` is, else `loss` unchanged (sign is
+  finite at +-inf). XLA:CPU's max and min drop a NaN: an elementwise loss
+  whose arithmetic takes one gives a finite mean over a NaN once the mean
+  takes the chain into its library kernel, where the loss alone, written
+  out, is NaN. Two operations a value (docs/measurement.md)."""
+  return loss + 0.0 * jnp.sign(x)
+
+
 def label_values(labels: Array, dtype) -> Array:
   """The labels as `dtype` numbers; integer and boolean ones through uint8.
 

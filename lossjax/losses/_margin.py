@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from lossjax import _checks, _softmax
-from lossjax.losses import _prepare
+from lossjax.losses import _binary, _prepare
 
 Array = jax.Array
 
@@ -24,7 +24,8 @@ def hinge_loss(predictor_outputs, targets) -> Array:
     ``[...]`` elementwise losses.
   """
   outputs, targets = _signed_targets(predictor_outputs, targets)
-  return jnp.maximum(0.0, 1.0 - outputs * targets)
+  margin = 1.0 - outputs * targets
+  return _binary.keeping_nan(jnp.maximum(0.0, margin), margin)
 
 
 def _crammer_singer_margin(batch) -> Array:
@@ -111,7 +112,8 @@ def perceptron_loss(predictor_outputs, targets) -> Array:
   Reference: Rosenblatt, "The Perceptron", 1958.
   """
   outputs, targets = _signed_targets(predictor_outputs, targets)
-  return jnp.maximum(0.0, -outputs * targets)
+  margin = -outputs * targets
+  return _binary.keeping_nan(jnp.maximum(0.0, margin), margin)
 
 
 def multiclass_perceptron_loss(scores, labels, *, axis: int = -1,

@@ -443,7 +443,8 @@ def _binary_sparsemax(logits: Array, labels: Array) -> Array:
   # over its tile (docs/measurement.md).
   dtype = _checks.compute_dtype(logits.dtype)
   x = _binary.label_signs(labels, dtype) * logits.astype(dtype)
-  return jnp.maximum(x, 0.25 * jnp.square(jnp.maximum(jnp.minimum(x, 1.0) + 1.0, 0.0)))
+  loss = jnp.maximum(x, 0.25 * jnp.square(jnp.maximum(jnp.minimum(x, 1.0) + 1.0, 0.0)))
+  return _binary.keeping_nan(loss, x)
 
 
 @_binary_sparsemax.defjvp
