@@ -171,6 +171,26 @@ def test_signed_target_losses():
   np.testing.assert_allclose(jax.jit(lossjax.perceptron_loss)(scores, signs), [0.0, 0.5, 0.3])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("fn", [lossjax.hinge_loss, lossjax.perceptron_loss],
+                         ids=lambda f: f.__name__)
+def test_signed_target_losses_keep_a_nan_through_a_mean(fn, dtype, rng):
+  """A mean over the losses takes their relu into XLA:CPU's library kernel,
+  whose max drops a NaN (`lossjax.losses._binary.keeping_nan`); infinite
+  scores keep their losses."""
+  scores = rng.normal(size=(256, 1000))
+  signs = jnp.asarray(np.where(rng.random((256, 1000)) < 0.5, -1.0, 1.0), jnp.float32)
+  scores[0, :2] = np.inf * np.asarray(signs[0, :2])  # the right side: losses of 0
+  scores[1, 0] = -np.inf * float(signs[1, 0])  # the wrong side: inf
+  mean = jax.jit(lambda z: jnp.mean(fn(z, signs)))
+  assert np.isposinf(float(mean(jnp.asarray(scores, dtype))))
+  scores[1, 0] = 0.0
+  np.testing.assert_array_equal(np.asarray(fn(jnp.asarray(scores, dtype), signs))[0, :2], 0.0)
+  assert np.isfinite(float(mean(jnp.asarray(scores, dtype))))
+  scores[5, 7] = np.nan
+  assert np.isnan(float(mean(jnp.asarray(scores, dtype))))
+
+
 def _masked_cross_entropy_reference(z, q, keep):
   z = np.where(keep, np.asarray(z, np.float64), -np.inf)
   with np.errstate(invalid="ignore"):  # rows with nothing kept: the caller sets them
