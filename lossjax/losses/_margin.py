@@ -35,8 +35,7 @@ def _crammer_singer_margin(batch) -> Array:
   avoids writing a select of the logits out)."""
   rival, true_logit = _prepare.margin_statistics(batch, rival=True)
   margin = rival + 1.0 - true_logit
-  # XLA:CPU's max with 0 can drop a NaN (`_softmax.with_nan_of`).
-  return jnp.where(jnp.isnan(margin), margin, jnp.maximum(margin, 0.0))
+  return _binary.keeping_nan(jnp.maximum(margin, 0.0), margin)
 
 
 def multiclass_hinge_loss(scores, labels, *, axis: int = -1,
