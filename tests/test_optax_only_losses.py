@@ -288,9 +288,9 @@ def test_sparsemax_bfloat16_is_its_float32_upcast(shape, rng):
   """bfloat16 rows against the float32 computation on the same values: the
   same loss, gradient and probabilities (the sums only add in another
   order). Few classes take Michelot's rounds, chunks of bfloat16 rows
-  converted as they are read; 1000 take the block maxima, and the rows
-  they leave over are gathered as bfloat16 (263 rows fill no whole chunk,
-  256 do)."""
+  converted as they are read; 1000 take the block maxima (blocks of 40
+  classes, where float32 takes 25), and the rows they leave over are
+  gathered as bfloat16 (263 rows fill no whole chunk, 256 do)."""
   z = jnp.asarray(rng.normal(size=shape) * 2, jnp.bfloat16)
   labels = jnp.asarray(rng.integers(0, shape[1], size=shape[0]))
   wide = z.astype(jnp.float32)

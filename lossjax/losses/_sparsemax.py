@@ -70,7 +70,7 @@ def _solve(logits: Array) -> tuple:
 
 def _solve_rows(rows: Array) -> tuple:
   """`_solve` for rows `[rows, C]`: `[rows, 1]` each."""
-  k = _maxima_block(rows.shape[-1])
+  k = _maxima_block(rows.shape[-1], rows.dtype)
   if k is None or rows.shape[0] == 0:
     tau, n = _rounds(rows)
     return tau, n, _squares(rows, tau)
@@ -177,14 +177,17 @@ def _top_maxima_threshold(maxima: Array) -> tuple:
   (each j gives a bound at or below tau, and j = |S| gives tau), exact
   where at most TOP_MAXIMA maxima lie above it (all but 3 of 65536
   Gaussian rows of scale 2 and 1000 classes). Where more do, t is a bound
-  below it and n at most TOP_MAXIMA, while more than TOP_MAXIMA logits lie
-  above t: the row's count (`_finish`) differs, and the row takes
-  Michelot's rounds.
+  below it, and n is -1, no count: the row takes Michelot's rounds (`_finish`).
 
   The maxima go in as columns, `[m]` values of all rows each, through an
   insertion network of max and min into the sorted top values: elementwise
   over the rows, one loop fusion vectorised across rows, where Michelot's
-  rounds on `[rows, m]` reduce a short row at a time (docs/measurement.md)."""
+  rounds on `[rows, m]` reduce a short row at a time (docs/measurement.md).
+  The network gives t alone, from behind a barrier: n and ||p||^2 are sums
+  over the columns at t. XLA:CPU fuses no loop with two outputs, and each
+  value taken from the sorted top values computed the network again (four
+  networks in the loss's forward, which now takes 0.90x the time at
+  (65536, 1000) float32)."""
   columns = list(maxima.T)
   top = []
   for value in columns:
@@ -198,9 +201,10 @@ def _top_maxima_threshold(maxima: Array) -> tuple:
     total = total + value
     bound = (total - 1.0) / j
     t = bound if t is None else jnp.maximum(t, bound)
-  n = sum(_indicator(value, t) for value in top)
-  squares = sum(jnp.square(jnp.maximum(value - t, 0.0)) for value in top)
-  return t[:, None], n[:, None], squares[:, None]
+  t = jax.lax.optimization_barrier(t)
+  n = sum(_indicator(value, t) for value in columns)
+  squares = sum(jnp.square(jnp.maximum(value - t, 0.0)) for value in columns)
+  return t[:, None], jnp.where(n > TOP_MAXIMA, -1.0, n)[:, None], squares[:, None]
 
 
 def _indicator(values: Array, t: Array, zero: float = 0.0) -> Array:
@@ -239,15 +243,21 @@ def _step(values: Array, t: Array, n: Array) -> Array:
 # docs/measurement.md).
 BLOCK = 32
 BLOCK_STEPS = 3
+# The fewest classes a block of two-byte floats: XLA:CPU's library kernel
+# took their block maxima 3-4x as long with 16-30 classes a block as with
+# 32-64 (docs/measurement.md).
+NARROW_LEAST_BLOCK = 32
 
 
-def _maxima_block(classes: int) -> int | None:
-  """Classes a block for `_solve_rows`'s maxima: the divisor of `classes`
-  nearest BLOCK within half to twice BLOCK (the smaller on a tie), or None
+def _maxima_block(classes: int, dtype=jnp.float32) -> int | None:
+  """Classes a block for `_solve_rows`'s maxima of logits in `dtype`: the
+  divisor of `classes` nearest BLOCK within half to twice BLOCK (the smaller
+  on a tie; for two-byte floats, at least NARROW_LEAST_BLOCK), or None
   where there is none or the rows are narrower than 4 BLOCK."""
   if classes < 4 * BLOCK:
     return None
-  near = sorted(range(BLOCK // 2, 2 * BLOCK + 1), key=lambda k: (abs(k - BLOCK), k))
+  least = NARROW_LEAST_BLOCK if jnp.dtype(dtype).itemsize == 2 else BLOCK // 2
+  near = sorted(range(least, 2 * BLOCK + 1), key=lambda k: (abs(k - BLOCK), k))
   return next((k for k in near if classes % k == 0), None)
 
 
