@@ -288,9 +288,9 @@ def test_sparsemax_bfloat16_is_its_float32_upcast(shape, rng):
   """bfloat16 rows against the float32 computation on the same values: the
   same loss, gradient and probabilities (the sums only add in another
   order). Few classes take Michelot's rounds, chunks of bfloat16 rows
-  converted as they are read; 1000 take the block maxima (blocks of 40
-  classes, where float32 takes 25), and the rows they leave over are
-  gathered as bfloat16 (263 rows fill no whole chunk, 256 do)."""
+  converted as they are read; 1000 take the block maxima, and the rows
+  they leave over are gathered as bfloat16 (263 rows fill no whole chunk,
+  256 do)."""
   z = jnp.asarray(rng.normal(size=shape) * 2, jnp.bfloat16)
   labels = jnp.asarray(rng.integers(0, shape[1], size=shape[0]))
   wide = z.astype(jnp.float32)
@@ -323,7 +323,7 @@ def test_sparsemax_rows_whose_support_is_every_class_or_one(classes, copies, rng
       np.full(classes, 0.7),
       rng.normal(size=classes) * 1e-3,
       np.r_[50.0, rng.normal(size=classes - 1)],
-      np.r_[rng.normal(size=classes - 2), 9.0, 9.0],
+      np.where(np.isin(np.arange(classes), _one_block(classes)), 9.0, rng.normal(size=classes)),
       np.where(np.arange(classes) % 2 == 0, -np.inf, rng.normal(size=classes) * 2),
       rng.normal(size=classes) * 2,
       rng.normal(size=classes) * 0.3,
@@ -354,14 +354,14 @@ def test_sparsemax_rows_the_block_maxima_do_not_settle(rows, classes, rng):
   z = rng.normal(size=(rows, classes)) * 2
   kinds = np.arange(rows) % 6
   z[kinds == 1] = rng.normal(size=((kinds == 1).sum(), classes)) * 1e-3
-  z[kinds == 2, :2] = 9.0  # one block (blocks of 25 or 32 classes)
+  z[np.ix_(kinds == 2, _one_block(classes))] = 9.0
   z[kinds == 3] = 0.7
   z[kinds == 4] = np.where(np.arange(classes) % 2 == 0, 0.5 + z[kinds == 4] * 5e-4, -3.0)
   z[5, 7] = np.nan
   z = z.astype(np.float32)
   labels = jnp.asarray(rng.integers(0, classes, size=rows))
   # The rows the maxima's threshold does not settle: more logits above it than maxima.
-  maxima = z.reshape(rows, -1, _sparsemax._maxima_block(classes)).max(-1)
+  maxima = z.reshape(rows, _sparsemax._maxima_block(classes), -1).max(1)
   threshold = _maxima_tau(maxima)
   unsettled = (z > threshold).sum(-1) != (maxima > threshold).sum(-1)
   assert unsettled[(kinds == 2) | (kinds == 3) | (kinds == 4)].all()
@@ -380,6 +380,14 @@ def test_sparsemax_rows_the_block_maxima_do_not_settle(rows, classes, rng):
   want[np.arange(len(finite)), np.asarray(labels)[finite]] -= 1.0
   np.testing.assert_allclose(grad[finite], want, atol=1e-5)
   assert np.isnan(got[5]).all() and np.isnan(values[5]) and np.isnan(grad[5]).all()
+
+
+def _one_block(classes):
+  """Two classes in one block of the sparsemax maxima (each block every
+  (C / k)-th class, `_sparsemax._solve_rows`): the last, and the one C / k
+  before it; the last two where the rows have no blocks."""
+  k = _sparsemax._maxima_block(classes)
+  return [classes - 1 - (classes // k if k else 1), classes - 1]
 
 
 def _maxima_tau(values):

@@ -49,8 +49,8 @@ def _threshold(logits: Array) -> Array:
 def _solve(logits: Array) -> tuple:
   """tau, the support's size |S| and ||p||^2 of each row, `[..., 1]` each.
 
-  Where the classes divide into blocks (`_maxima_block`), from the rows'
-  block maxima: the threshold t of the maxima alone (`_maxima_threshold`)
+  Where the classes divide into blocks (`_maxima_block`; each block every
+  (C / k)-th class), from the rows' block maxima: the threshold t of the maxima alone (`_maxima_threshold`)
   lies at or below tau (a block's max is one of its logits), and it is tau
   itself where the row counts as many logits above t as maxima: the
   logits above t are then the maxima above t, whose excess sum is 1, and
@@ -70,11 +70,17 @@ def _solve(logits: Array) -> tuple:
 
 def _solve_rows(rows: Array) -> tuple:
   """`_solve` for rows `[rows, C]`: `[rows, 1]` each."""
-  k = _maxima_block(rows.shape[-1], rows.dtype)
+  k = _maxima_block(rows.shape[-1])
   if k is None or rows.shape[0] == 0:
     tau, n = _rounds(rows)
     return tau, n, _squares(rows, tau)
-  maxima = _softmax.compute(jnp.max(rows.reshape(rows.shape[0], -1, k), axis=-1))
+  # Each block every (C / k)-th class: the maxima are a max across the k
+  # rows of a `[k, C / k]` view of each row, elementwise along its C / k
+  # columns. XLA:CPU's library kernel took the maxima of contiguous blocks of
+  # bfloat16 3-4x as long with fewer than 32 classes a block as with more
+  # (on an AVX-512 machine; docs/measurement.md); strided, as long as a
+  # block of 40: 3.65 ms against 10.6 for blocks of 25 at (65536, 1000).
+  maxima = _softmax.compute(jnp.max(rows.reshape(rows.shape[0], k, -1), axis=1))
   t, n, squares = _maxima_threshold(maxima)
   # relu's 0 as -0.0: the gradient's pass (`_fenchel_young_jvp`) takes 0.0,
   # and one logits-sized broadcast of a constant both passes take is
@@ -249,21 +255,13 @@ def _step(values: Array, t: Array, n: Array) -> Array:
 # docs/measurement.md).
 BLOCK = 32
 BLOCK_STEPS = 3
-# The fewest classes a block of two-byte floats: XLA:CPU's library kernel
-# took their block maxima 3-4x as long with 16-30 classes a block as with
-# 32-64 (docs/measurement.md).
-NARROW_LEAST_BLOCK = 32
-
-
-def _maxima_block(classes: int, dtype=jnp.float32) -> int | None:
-  """Classes a block for `_solve_rows`'s maxima of logits in `dtype`: the
-  divisor of `classes` nearest BLOCK within half to twice BLOCK (the smaller
-  on a tie; for two-byte floats, at least NARROW_LEAST_BLOCK), or None
+def _maxima_block(classes: int) -> int | None:
+  """Classes a block for `_solve_rows`'s maxima: the divisor of `classes`
+  nearest BLOCK within half to twice BLOCK (the smaller on a tie), or None
   where there is none or the rows are narrower than 4 BLOCK."""
   if classes < 4 * BLOCK:
     return None
-  least = NARROW_LEAST_BLOCK if jnp.dtype(dtype).itemsize == 2 else BLOCK // 2
-  near = sorted(range(least, 2 * BLOCK + 1), key=lambda k: (abs(k - BLOCK), k))
+  near = sorted(range(BLOCK // 2, 2 * BLOCK + 1), key=lambda k: (abs(k - BLOCK), k))
   return next((k for k in near if classes % k == 0), None)
 
 
