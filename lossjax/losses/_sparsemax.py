@@ -50,8 +50,8 @@ def _solve(logits: Array) -> tuple:
   """tau, the support's size |S| and ||p||^2 of each row, `[..., 1]` each.
 
   Where the classes divide into blocks (`_maxima_block`; each block every
-  (C / k)-th class), from the rows' block maxima: the threshold t of the maxima alone (`_maxima_threshold`)
-  lies at or below tau (a block's max is one of its logits), and it is tau
+  (C / k)-th class), from the rows' block maxima: the threshold t of the
+  maxima alone (`_maxima_threshold`) lies at or below tau (a block's max is one of its logits), and it is tau
   itself where the row counts as many logits above t as maxima: the
   logits above t are then the maxima above t, whose excess sum is 1, and
   ||p||^2 is the maxima's. So the logits take two passes, the maxima and
@@ -76,10 +76,9 @@ def _solve_rows(rows: Array) -> tuple:
     return tau, n, _squares(rows, tau)
   # Each block every (C / k)-th class: the maxima are a max across the k
   # rows of a `[k, C / k]` view of each row, elementwise along its C / k
-  # columns. XLA:CPU's library kernel took the maxima of contiguous blocks of
-  # bfloat16 3-4x as long with fewer than 32 classes a block as with more
-  # (on an AVX-512 machine; docs/measurement.md); strided, as long as a
-  # block of 40: 3.65 ms against 10.6 for blocks of 25 at (65536, 1000).
+  # columns. On an AVX-512 machine XLA:CPU's library kernel took the maxima
+  # of contiguous bfloat16 blocks shorter than 32 classes several times as
+  # long as longer ones; strided, no block is that short (docs/measurement.md).
   maxima = _softmax.compute(jnp.max(rows.reshape(rows.shape[0], k, -1), axis=1))
   t, n, squares = _maxima_threshold(maxima)
   # relu's 0 as -0.0: the gradient's pass (`_fenchel_young_jvp`) takes 0.0,
@@ -91,8 +90,8 @@ def _solve_rows(rows: Array) -> tuple:
     return _finish(rows, t, n, squares, _count_or_nan(z, t, -0.0))
   # Two-byte block maxima keep a NaN of their block (the float32 ones drop
   # it), and the maxima's threshold t carries it: the count takes it from t,
-  # without `_count_or_nan`'s factor (0.77x the count's time).
-  count = _softmax.apart(jnp.sum(_indicator(z, t, -0.0), axis=-1, keepdims=True)) + 0.0 * t
+  # without `_count_or_nan`'s slower factor (docs/measurement.md).
+  count = _count(z, t, -0.0) + 0.0 * t
   return _finish(rows, t, n, squares, count)
 
 
@@ -198,8 +197,7 @@ def _top_maxima_threshold(maxima: Array) -> tuple:
   The network gives t alone, from behind a barrier: n and ||p||^2 are sums
   over the columns at t. XLA:CPU fuses no loop with two outputs, and each
   value taken from the sorted top values computed the network again (four
-  networks in the loss's forward, which now takes 0.90x the time at
-  (65536, 1000) float32)."""
+  networks in the loss's forward; docs/measurement.md)."""
   columns = list(maxima.T)
   top = []
   for value in columns:
@@ -226,8 +224,8 @@ def _indicator(values: Array, t: Array, zero: float = 0.0) -> Array:
   return jnp.sign(jnp.maximum(values - t, zero))
 
 
-def _count(values: Array, t: Array) -> Array:
-  return _softmax.apart(jnp.sum(_indicator(values, t), axis=-1, keepdims=True))
+def _count(values: Array, t: Array, zero: float = 0.0) -> Array:
+  return _softmax.apart(jnp.sum(_indicator(values, t, zero), axis=-1, keepdims=True))
 
 
 def _count_or_nan(values: Array, t: Array, zero: float = 0.0) -> Array:
@@ -255,6 +253,8 @@ def _step(values: Array, t: Array, n: Array) -> Array:
 # docs/measurement.md).
 BLOCK = 32
 BLOCK_STEPS = 3
+
+
 def _maxima_block(classes: int) -> int | None:
   """Classes a block for `_solve_rows`'s maxima: the divisor of `classes`
   nearest BLOCK within half to twice BLOCK (the smaller on a tie), or None
