@@ -282,19 +282,8 @@ def row_max(values: Array) -> Array:
   and, under differentiation, the value (`with_nan_of`). The value alone is
   jnp.max's: on XLA:CPU a float32 or float64 row max drops a NaN
   (openxla/xla#21461; two-byte floats keep it).
-
-  Two-byte floats take the max in two steps where a block of k classes (a
-  divisor of C in 16..64, as `rival_max`'s) exists: the block maxima, then
-  their max. XLA:CPU then runs both in its library kernel, faster than its
-  own loop's max over bfloat16 rows; for float32 its own loop is the faster
-  (docs/measurement.md).
   """
-  classes = values.shape[-1]
-  k = _rival_block(classes)
-  if not _two_byte_float(values) or k is None or k == classes:
-    return jnp.max(values, axis=-1)
-  block_max = jnp.max(values.reshape(*values.shape[:-1], classes // k, k), axis=-1)
-  return jnp.max(jax.lax.optimization_barrier(block_max), axis=-1)
+  return jnp.max(values, axis=-1)
 
 
 @row_max.defjvp
