@@ -51,13 +51,14 @@ def _solve(logits: Array) -> tuple:
 
   Where the classes divide into blocks (`_maxima_block`; each block every
   (C / k)-th class), from the rows' block maxima: the threshold t of the
-  maxima alone (`_maxima_threshold`) lies at or below tau (a block's max is one of its logits), and it is tau
-  itself where the row counts as many logits above t as maxima: the
-  logits above t are then the maxima above t, whose excess sum is 1, and
-  ||p||^2 is the maxima's. So the logits take two passes, the maxima and
-  one count at t (`_count_or_nan`), and only the rows whose count differs
-  (a block holding two of the support: 6.4% of Gaussian rows of scale 2 and
-  1000 classes, blocks of 25) take Michelot's rounds, gathered a chunk of
+  maxima alone (`_maxima_threshold`) lies at or below tau (a block's max is
+  one of its logits), and it is tau itself where the row counts as many
+  logits above t as maxima: the logits above t are then the maxima above t,
+  whose excess sum is 1, and ||p||^2 is the maxima's. So the logits take
+  two passes, the maxima and one count at t (`_count_or_nan`; `_count` for
+  two-byte floats), and only the rows whose count differs (a block holding
+  two of the support: about 6% of Gaussian rows of scale 2 and 1000
+  classes, docs/measurement.md) take Michelot's rounds, gathered a chunk of
   rows at a time (`_finish`).
 
   Otherwise, Michelot's rounds on chunks of rows (`_rounds`) from
@@ -86,12 +87,13 @@ def _solve_rows(rows: Array) -> tuple:
   # written out by XLA:CPU (a bfloat16 value_and_grad faulted in 64,000
   # more pages a call at (65536, 1000)).
   z = _softmax.compute(_softmax.read_again(rows))
-  if not _softmax._two_byte_float(rows):
-    return _finish(rows, t, n, squares, _count_or_nan(z, t, -0.0))
-  # Two-byte block maxima keep a NaN of their block (the float32 ones drop
-  # it), and the maxima's threshold t carries it: the count takes it from t,
-  # without `_count_or_nan`'s slower factor (docs/measurement.md).
-  count = _count(z, t, -0.0) + 0.0 * t
+  if _softmax._two_byte_float(rows):
+    # Two-byte block maxima keep a NaN of their block (the float32 ones drop
+    # it), and the maxima's threshold t carries it: the count takes it from
+    # t, without `_count_or_nan`'s slower factor (docs/measurement.md).
+    count = _count(z, t, -0.0) + 0.0 * t
+  else:
+    count = _count_or_nan(z, t, -0.0)
   return _finish(rows, t, n, squares, count)
 
 
