@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lossjax import _checks
+from lossjax import _checks, _native
 
 Array = jax.Array
 
@@ -522,8 +522,32 @@ def margin_statistics(values: Array, labels: Array, rival: bool = False) -> tupl
 
 
 def _margin_statistics(values: Array, labels: Array, rival: bool) -> tuple:
+  if rival and _native.takes(values):
+    return _rival_and_true_logit(values, labels)
   top = rival_max(values, labels) if rival else row_max(values)
   return compute(top), compute(take_class(values, labels))
+
+
+@jax.custom_jvp
+def _rival_and_true_logit(values: Array, labels: Array) -> tuple:
+  """`rival_max` and `take_class`, in float32, from one pass over the logits
+  on CPU (`lossjax._native`: XLA:CPU reads them about three times for the
+  rival alone) and from XLA's forms elsewhere. The derivatives are those of
+  `rival_max` and `take_class`."""
+  return _native.rival_and_true_logit(values, labels, _xla_rival_and_true_logit)
+
+
+def _xla_rival_and_true_logit(values: Array, labels: Array) -> tuple:
+  return compute(rival_max(values, labels)), compute(take_class(values, labels))
+
+
+@_rival_and_true_logit.defjvp
+def _rival_and_true_logit_jvp(primals, tangents):
+  values, labels = primals
+  d_values, _ = tangents  # labels are integers: no tangent
+  rival, true_logit = _rival_and_true_logit(values, labels)
+  d_rival, count = _rival_max_derivative(values, labels, rival, compute(d_values))
+  return (with_nan_of(rival, count), true_logit), (d_rival, compute(_gather(d_values, labels)))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))

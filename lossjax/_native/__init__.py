@@ -1,0 +1,141 @@
+"""lossjax's own XLA:CPU kernels, in C++ through JAX's FFI, for row statistics
+that XLA:CPU's library kernel cannot compute in one pass over the logits.
+
+`margin.cc` gives the margin losses' rival (the max over the classes other
+than the label's) and the label's logit together, reading each logit once.
+XLA's own form of the rival reads the logits about three times (block maxima,
+then the label's own block gathered; docs/measurement.md).
+
+The kernel is compiled on first use with the machine's C++ compiler (``$CXX``,
+else ``c++``) for the machine's own processor (``-march=native``), into
+``$LOSSJAX_CACHE/native`` (default ``~/.cache/lossjax/native``), one library
+per source, jaxlib and processor, and then loaded from there. Where it cannot
+be built (no compiler, no JAX FFI headers), lossjax warns once and computes
+the same numbers with XLA's own operations; ``LOSSJAX_NATIVE=0`` chooses that
+without trying. Other platforms (GPU, TPU) always take XLA's operations
+(``jax.lax.platform_dependent``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+
+Array = jax.Array
+
+_SOURCE = pathlib.Path(__file__).with_name("margin.cc")
+_TARGET = "lossjax_rival_and_true_logit"
+_SYMBOL = "LossjaxRivalAndTrueLogit"
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+_BUILD_SECONDS = 300
+
+
+class BuildError(RuntimeError):
+  """The native kernels could not be compiled or loaded."""
+
+
+def enabled() -> bool:
+  """Whether ``LOSSJAX_NATIVE`` allows the native kernels (anything but 0)."""
+  return os.environ.get("LOSSJAX_NATIVE", "1").strip() != "0"
+
+
+def cache_folder() -> pathlib.Path:
+  root = pathlib.Path(os.environ.get("LOSSJAX_CACHE", pathlib.Path.home() / ".cache" / "lossjax"))
+  return root / "native"
+
+
+def _processor() -> str:
+  """What `-march=native` compiles for: the processor's model and features."""
+  try:
+    lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+  except OSError:
+    return platform.processor() or platform.machine()
+  keys = ("model name", "flags", "Features", "CPU part")
+  return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in keys}))
+
+
+def _compiler() -> str:
+  compiler = os.environ.get("CXX", "c++")
+  found = shutil.which(compiler)
+  if found is None:
+    raise BuildError(f"no C++ compiler: `{compiler}` is not on PATH (set CXX to one)")
+  return found
+
+
+def build() -> pathlib.Path:
+  """Compiles `margin.cc` unless the cache holds it already; returns the
+  library's path. Raises `BuildError` with the compiler's message."""
+  compiler = _compiler()
+  include = jax.ffi.include_dir()
+  key = hashlib.sha256("\0".join([
+      _SOURCE.read_text(), jaxlib.__version__, compiler, " ".join(_FLAGS),
+      platform.machine(), _processor()]).encode()).hexdigest()[:16]
+  library = cache_folder() / f"margin-{key}.so"
+  if library.exists():
+    return library
+  library.parent.mkdir(parents=True, exist_ok=True)
+  # Built under a temporary name and renamed: processes that build at once
+  # (pytest's workers) each leave a whole library.
+  fd, partial = tempfile.mkstemp(dir=library.parent, suffix=".so.partial")
+  os.close(fd)
+  command = [compiler, *_FLAGS, "-I", include, str(_SOURCE), "-o", partial]
+  try:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=_BUILD_SECONDS)
+    if done.returncode != 0:
+      raise BuildError(f"`{' '.join(command)}` failed:\n{done.stderr.strip()}")
+    os.replace(partial, library)
+  except (OSError, subprocess.TimeoutExpired) as error:
+    raise BuildError(f"`{' '.join(command)}` failed: {error}") from error
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
+  return library
+
+
+@functools.cache
+def _registered() -> bool:
+  """Builds, loads and registers the kernel once a process; False (after one
+  warning) where that fails."""
+  try:
+    library = ctypes.cdll.LoadLibrary(str(build()))
+    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(getattr(library, _SYMBOL)),
+                                platform="cpu")
+  except (BuildError, OSError, AttributeError) as error:
+    warnings.warn(f"lossjax: its CPU kernels could not be built, so the margin losses use "
+                  f"XLA's slower operations (same numbers). {error}", RuntimeWarning,
+                  stacklevel=3)
+    return False
+  return True
+
+
+def takes(values: Array) -> bool:
+  """Whether `rival_and_true_logit` runs the native kernel for these logits
+  on CPU: float32 or bfloat16, and the kernel built."""
+  return (values.dtype in (jnp.float32, jnp.bfloat16) and values.ndim >= 1 and enabled()
+          and _registered())
+
+
+def rival_and_true_logit(values: Array, labels: Array, xla_form) -> tuple:
+  """``(max over the classes other than the label's, the label's logit)``,
+  float32 `[...]` each, from `[..., C]` float32 or bfloat16 logits and
+  `[...]` labels in ``[0, C)``, by the native kernel on CPU and by
+  ``xla_form(values, labels)`` elsewhere. Call it only where `takes(values)`.
+
+  The rival is NaN in a row where a class other than the label's is NaN and
+  -inf where C = 1; both are NaN for a label outside ``[0, C)``."""
+  result = jax.ShapeDtypeStruct(labels.shape, jnp.float32)
+  kernel = jax.ffi.ffi_call(_TARGET, (result, result), vmap_method="broadcast_all")
+  return jax.lax.platform_dependent(
+      values, labels.astype(jnp.int32), cpu=kernel, default=xla_form)

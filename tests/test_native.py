@@ -1,0 +1,151 @@
+"""lossjax's native CPU kernel (`lossjax._native`): the margin losses' rival
+and true logit against NumPy, in the shapes that take each of its paths, and
+its build: cached, and a clear warning with XLA's numbers where it fails."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lossjax
+from lossjax import _native, _softmax
+
+# Classes that take each path of the kernel: rows narrower than a vector (1,
+# 2, 15), ranges shorter than a vector beside the label, whole vectors with
+# and without a remainder, the bulk loop (64 a step) and rows of many steps.
+CLASSES = (1, 2, 15, 16, 17, 31, 33, 64, 65, 127, 130, 1000, 1001)
+DTYPES = (jnp.float32, jnp.bfloat16)
+
+
+def _native_statistics(values, labels):
+  assert _native.takes(values), "the native kernel did not build (see the warning)"
+  return jax.jit(lambda v, y: _native.rival_and_true_logit(v, y, None))(values, labels)
+
+
+def _reference(values, labels):
+  """The rival (NaN where another class is NaN, -inf where there is none)
+  and the true logit, in float64."""
+  z = np.asarray(values.astype(jnp.float32), np.float64)
+  y = np.asarray(labels)
+  rows = np.arange(z.shape[0])
+  others = z.copy()
+  others[rows, y] = -np.inf
+  # np.max propagates NaN; the label's own NaN must not count.
+  return others.max(axis=-1), z[rows, y]
+
+
+def _logits(rng, rows, classes, dtype):
+  # Small integers: many exact ties with the label and between rivals.
+  return jnp.asarray(rng.integers(-3, 4, (rows, classes)).astype(np.float32)
+                     + rng.standard_normal((rows, classes)).astype(np.float32)
+                     * (rng.random((rows, 1)) < 0.5), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("classes", CLASSES)
+def test_rival_and_true_logit_match_numpy(classes, dtype):
+  rng = np.random.default_rng(classes)
+  rows = 3 * classes + 7
+  values = _logits(rng, rows, classes, dtype)
+  # Every label position, the ends included, in turn.
+  labels = jnp.asarray(np.arange(rows) % classes, jnp.int32)
+  rival, true_logit = _native_statistics(values, labels)
+  want_rival, want_true = _reference(values, labels)
+  np.testing.assert_array_equal(np.asarray(rival), want_rival.astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(true_logit), want_true.astype(np.float32))
+  xla_rival, xla_true = jax.jit(_softmax._xla_rival_and_true_logit)(values, labels)
+  np.testing.assert_array_equal(np.asarray(rival), np.asarray(xla_rival))
+  np.testing.assert_array_equal(np.asarray(true_logit), np.asarray(xla_true))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("classes", (17, 130, 1000))
+def test_nan_and_infinities(classes, dtype):
+  rng = np.random.default_rng(0)
+  values = np.array(_logits(rng, 8, classes, jnp.float32))
+  labels = np.array([0, 5, classes - 1, 3, 7, 2, 9, 11]) % classes
+  values[0, classes - 1] = np.nan       # NaN in another class: NaN rival
+  values[1, labels[1]] = np.nan         # the label's own NaN: a finite rival
+  values[2, :] = -np.inf                # no finite rival: -inf
+  values[3, 1] = np.inf                 # +inf rival
+  values[4, labels[4]] = np.inf         # +inf true logit
+  values[5, :] = np.float32(np.finfo(np.float32).max if dtype == jnp.float32 else 1e38)
+  values[6, :] = -1e4
+  values[6, labels[6]] = 1e4
+  values[7, :] = 0.0
+  values, labels = jnp.asarray(values, dtype), jnp.asarray(labels, jnp.int32)
+  rival, true_logit = _native_statistics(values, labels)
+  want_rival, want_true = _reference(values, labels)
+  np.testing.assert_array_equal(np.asarray(rival), want_rival.astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(true_logit), want_true.astype(np.float32))
+  assert np.isnan(rival[0]) and not np.isnan(rival[1]) and rival[2] == -np.inf
+
+
+def test_one_class_and_labels_out_of_range():
+  rival, true_logit = _native_statistics(jnp.ones((2, 1)), jnp.zeros(2, jnp.int32))
+  np.testing.assert_array_equal(np.asarray(rival), [-np.inf, -np.inf])
+  np.testing.assert_array_equal(np.asarray(true_logit), [1.0, 1.0])
+  # Never a read outside the row: NaN for both.
+  rival, true_logit = _native_statistics(jnp.ones((3, 40)), jnp.array([-1, 40, 2**30], jnp.int32))
+  assert np.isnan(np.asarray(rival)).all() and np.isnan(np.asarray(true_logit)).all()
+
+
+def test_many_rows_across_threads_and_leading_axes():
+  # Rows in many chunks (the kernel's threads take chunks of ~256 KiB), and
+  # two leading axes, under jit and vmap.
+  rng = np.random.default_rng(1)
+  values = jnp.asarray(rng.standard_normal((3, 700, 300)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 300, (3, 700)), jnp.int32)
+  rival, true_logit = _native_statistics(values, labels)
+  want_rival, want_true = _reference(values.reshape(-1, 300), labels.reshape(-1))
+  np.testing.assert_array_equal(np.asarray(rival).ravel(), want_rival.astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(true_logit).ravel(), want_true.astype(np.float32))
+  per_slice = jax.vmap(lambda v, y: _native.rival_and_true_logit(v, y, None))(values, labels)
+  np.testing.assert_array_equal(np.asarray(per_slice[0]), np.asarray(rival))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ("multiclass_hinge_loss", "multiclass_squared_hinge_loss"))
+def test_losses_and_gradients_as_xla_computes_them(name, dtype, monkeypatch):
+  # The margin losses through the kernel and through XLA's own operations
+  # (LOSSJAX_NATIVE=0): the same values and gradients, bit for bit.
+  loss = getattr(lossjax, name)
+  rng = np.random.default_rng(2)
+  values = _logits(rng, 257, 1000, dtype)
+  labels = jnp.asarray(rng.integers(0, 1000, 257), jnp.int32)
+  def value_and_grad():
+    fn = jax.jit(jax.value_and_grad(lambda v: jnp.sum(loss(v, labels).astype(jnp.float32))))
+    text = fn.lower(values).as_text()
+    return fn(values), "lossjax_rival_and_true_logit" in text
+  (native_value, native_grad), native_used = value_and_grad()
+  monkeypatch.setenv("LOSSJAX_NATIVE", "0")
+  (xla_value, xla_grad), xla_used = value_and_grad()
+  assert native_used and not xla_used
+  assert float(native_value) == float(xla_value)
+  np.testing.assert_array_equal(np.asarray(native_grad.astype(jnp.float32)),
+                                np.asarray(xla_grad.astype(jnp.float32)))
+
+
+def test_build_is_cached(tmp_path, monkeypatch):
+  monkeypatch.setenv("LOSSJAX_CACHE", str(tmp_path))
+  first = _native.build()
+  stamp = first.stat().st_mtime_ns
+  assert first.parent == tmp_path / "native" and _native.build() == first
+  assert first.stat().st_mtime_ns == stamp
+  assert not list(first.parent.glob("*.partial"))
+
+
+def test_a_failed_build_names_the_compiler_and_falls_back(tmp_path, monkeypatch):
+  monkeypatch.setenv("LOSSJAX_CACHE", str(tmp_path))
+  monkeypatch.setenv("CXX", "no-such-compiler")
+  with pytest.raises(_native.BuildError, match="no-such-compiler.*CXX"):
+    _native.build()
+  with pytest.warns(RuntimeWarning, match="could not be built.*same numbers"):
+    assert _native._registered.__wrapped__() is False
+  fake = tmp_path / "broken-c++"
+  fake.write_text("#!/bin/sh\necho 'margin.cc: error: something broke' >&2\nexit 1\n")
+  fake.chmod(0o755)
+  monkeypatch.setenv("CXX", str(fake))
+  with pytest.raises(_native.BuildError, match="something broke"):
+    _native.build()
+  assert not list((tmp_path / "native").glob("*"))
