@@ -1,19 +1,24 @@
 """lossjax's own XLA:CPU kernels, in C++ through JAX's FFI, for row statistics
 that XLA:CPU's library kernel cannot compute in one pass over the logits.
 
-`margin.cc` gives the margin losses' rival (the max over the classes other
-than the label's) and the label's logit together, reading each logit once.
-XLA's own form of the rival reads the logits about three times (block maxima,
-then the label's own block gathered; docs/measurement.md).
+- `margin.cc`: the margin losses' rival (the max over the classes other than
+  the label's) and the label's logit together. XLA's own form of the rival
+  reads the logits about three times (block maxima, then the label's own
+  block gathered; docs/measurement.md).
+- `sparsemax.cc`: sparsemax's threshold, support size and ||p||^2 (and the
+  label's logit, for the loss). XLA's own form takes block maxima, an
+  insertion network over them and a count.
 
-The kernel is compiled on first use with the machine's C++ compiler (``$CXX``,
-else ``c++``) for the machine's own processor (``-march=native``), into
-``$LOSSJAX_CACHE/native`` (default ``~/.cache/lossjax/native``), one library
-per source, jaxlib and processor, and then loaded from there. Where it cannot
-be built (no compiler, no JAX FFI headers), lossjax warns once and computes
-the same numbers with XLA's own operations; ``LOSSJAX_NATIVE=0`` chooses that
-without trying. Other platforms (GPU, TPU) always take XLA's operations
-(``jax.lax.platform_dependent``).
+Each reads a row of logits once from memory, on XLA's intra-op threads.
+
+The kernels are compiled on first use with the machine's C++ compiler
+(``$CXX``, else ``c++``) for the machine's own processor (``-march=native``),
+into ``$LOSSJAX_CACHE/native`` (default ``~/.cache/lossjax/native``), one
+library per source, jaxlib and processor, and then loaded from there. Where
+they cannot be built (no compiler, no JAX FFI headers), lossjax warns once and
+computes the same numbers with XLA's own operations; ``LOSSJAX_NATIVE=0``
+chooses that without trying. Other platforms (GPU, TPU) always take XLA's
+operations (``jax.lax.platform_dependent``).
 """
 
 from __future__ import annotations
@@ -35,9 +40,13 @@ import jaxlib
 
 Array = jax.Array
 
-_SOURCE = pathlib.Path(__file__).with_name("margin.cc")
-_TARGET = "lossjax_rival_and_true_logit"
-_SYMBOL = "LossjaxRivalAndTrueLogit"
+_FOLDER = pathlib.Path(__file__).parent
+_SOURCES = ("margin.cc", "sparsemax.cc")
+_HEADERS = ("rows.h",)
+# FFI target names and the symbols of their handlers.
+_TARGETS = {"lossjax_rival_and_true_logit": "LossjaxRivalAndTrueLogit",
+            "lossjax_sparsemax_threshold": "LossjaxSparsemaxThreshold",
+            "lossjax_sparsemax_loss_statistics": "LossjaxSparsemaxLossStatistics"}
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 _BUILD_SECONDS = 300
 
@@ -75,14 +84,15 @@ def _compiler() -> str:
 
 
 def build() -> pathlib.Path:
-  """Compiles `margin.cc` unless the cache holds it already; returns the
-  library's path. Raises `BuildError` with the compiler's message."""
+  """Compiles the kernels into one library unless the cache holds it
+  already; returns its path. Raises `BuildError` with the compiler's message."""
   compiler = _compiler()
   include = jax.ffi.include_dir()
+  texts = [(_FOLDER / name).read_text() for name in _SOURCES + _HEADERS]
   key = hashlib.sha256("\0".join([
-      _SOURCE.read_text(), jaxlib.__version__, compiler, " ".join(_FLAGS),
+      *texts, jaxlib.__version__, compiler, " ".join(_FLAGS),
       platform.machine(), _processor()]).encode()).hexdigest()[:16]
-  library = cache_folder() / f"margin-{key}.so"
+  library = cache_folder() / f"kernels-{key}.so"
   if library.exists():
     return library
   library.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +100,8 @@ def build() -> pathlib.Path:
   # (pytest's workers) each leave a whole library.
   fd, partial = tempfile.mkstemp(dir=library.parent, suffix=".so.partial")
   os.close(fd)
-  command = [compiler, *_FLAGS, "-I", include, str(_SOURCE), "-o", partial]
+  command = [compiler, *_FLAGS, "-I", include, *(str(_FOLDER / name) for name in _SOURCES),
+             "-o", partial]
   try:
     done = subprocess.run(command, capture_output=True, text=True, timeout=_BUILD_SECONDS)
     if done.returncode != 0:
@@ -110,19 +121,20 @@ def _registered() -> bool:
   warning) where that fails."""
   try:
     library = ctypes.cdll.LoadLibrary(str(build()))
-    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(getattr(library, _SYMBOL)),
-                                platform="cpu")
+    for target, symbol in _TARGETS.items():
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                  platform="cpu")
   except (BuildError, OSError, AttributeError) as error:
-    warnings.warn(f"lossjax: its CPU kernels could not be built, so the margin losses use "
-                  f"XLA's slower operations (same numbers). {error}", RuntimeWarning,
+    warnings.warn(f"lossjax: its CPU kernels could not be built, so the margin and sparsemax "
+                  f"losses use XLA's slower operations (same numbers). {error}", RuntimeWarning,
                   stacklevel=3)
     return False
   return True
 
 
 def takes(values: Array) -> bool:
-  """Whether `rival_and_true_logit` runs the native kernel for these logits
-  on CPU: float32 or bfloat16, and the kernel built."""
+  """Whether the functions below run a native kernel for these logits on
+  CPU: float32 or bfloat16, and the kernels built."""
   return (values.dtype in (jnp.float32, jnp.bfloat16) and values.ndim >= 1 and enabled()
           and _registered())
 
@@ -136,6 +148,31 @@ def rival_and_true_logit(values: Array, labels: Array, xla_form) -> tuple:
   The rival is NaN in a row where a class other than the label's is NaN and
   -inf where C = 1; both are NaN for a label outside ``[0, C)``."""
   result = jax.ShapeDtypeStruct(labels.shape, jnp.float32)
-  kernel = jax.ffi.ffi_call(_TARGET, (result, result), vmap_method="broadcast_all")
+  kernel = jax.ffi.ffi_call("lossjax_rival_and_true_logit", (result, result),
+                            vmap_method="broadcast_all")
   return jax.lax.platform_dependent(
       values, labels.astype(jnp.int32), cpu=kernel, default=xla_form)
+
+
+def sparsemax_threshold(values: Array, xla_form) -> tuple:
+  """``(tau, |S|, ||p||^2)`` of sparsemax for each row, float32 `[...]` each,
+  from `[..., C]` float32 or bfloat16 logits, by the native kernel on CPU and
+  by ``xla_form(values)`` elsewhere. Call it only where `takes(values)`.
+
+  tau solves sum_c relu(z_c - tau) = 1, S = {c : z_c > tau} and p =
+  relu(z - tau); all three are NaN in a row with a NaN or an infinite max."""
+  result = jax.ShapeDtypeStruct(values.shape[:-1], jnp.float32)
+  kernel = jax.ffi.ffi_call("lossjax_sparsemax_threshold", (result,) * 3,
+                            vmap_method="broadcast_all")
+  return jax.lax.platform_dependent(values, cpu=kernel, default=xla_form)
+
+
+def sparsemax_loss_statistics(values: Array, labels: Array, xla_form) -> tuple:
+  """`sparsemax_threshold`'s three and the label's logit, float32 `[...]`
+  each, from one pass (`xla_form(values, labels)` off CPU). The label's
+  logit is NaN for a label outside ``[0, C)``."""
+  result = jax.ShapeDtypeStruct(labels.shape, jnp.float32)
+  kernel = jax.ffi.ffi_call("lossjax_sparsemax_loss_statistics", (result,) * 4,
+                            vmap_method="broadcast_all")
+  return jax.lax.platform_dependent(values, labels.astype(jnp.int32), cpu=kernel,
+                                    default=xla_form)

@@ -131,8 +131,9 @@ FLOOR_NOTE = ("÷ floor: lossjax's time over the least arithmetic its formula ne
               "sigmoid losses (`sigmoid`; `sigmoid_focal` adds the exponential of focal's "
               "(1 - p_t)^gamma; the binary floors pair each label with its logit since "
               "2026-12-07, and summed the two apart before), "
-              "and for sparsemax (`threshold`) the row max and one pass of relu(z - tau)^2 at "
-              "a per-row threshold, the least any exact algorithm does once it knows tau; for "
+              "and for sparsemax (`threshold`) the faster of the read and XLA's row max and "
+              "one pass of relu(z - tau)^2 at a per-row threshold (lossjax's CPU kernel beats "
+              "the latter since 2026-12-07); for "
               "value_and_grad "
               "plus the write of a fresh logits-sized gradient (`test_gradient_write_floor`), "
               "page faults included: every call's gradient is a fresh buffer.")

@@ -95,8 +95,9 @@ def _renamed(prefix: str, programs: dict) -> dict:
 
 def _floor_programs(kind: str) -> dict:
   f32 = lambda z: z.astype(jnp.float32)
+  read = {"read": lambda z, y: jnp.sum(z, dtype=jnp.float32) + _labels_read(y)}
   if kind == "read":
-    return {"read": lambda z, y: jnp.sum(z, dtype=jnp.float32) + _labels_read(y)}
+    return read
   if kind == "binary_read":
     # A binary loss's value depends on each label together with its own
     # logit (binary sparsemax's is sparseplus(z) - y z): the least such
@@ -115,11 +116,14 @@ def _floor_programs(kind: str) -> dict:
   if kind == "threshold":
     # Sparsemax's least work with its threshold tau known: the row max that
     # bounds tau (tau >= max - 1) and one pass of relu(z - tau)^2 (||p||^2);
-    # finding tau takes more (Michelot's rounds), so this is a lower bound.
+    # finding tau takes more (Michelot's rounds). In XLA's operations that
+    # takes a pass of its own; lossjax's CPU kernel (lossjax._native) finds
+    # tau from the row in cache and measured faster than this formulation,
+    # so the read, a floor of any loss, is one of its formulations too.
     def threshold(z, y):
       tau = jnp.max(z, axis=-1, keepdims=True).astype(jnp.float32) - 0.5
       return jnp.sum(jnp.square(jnp.maximum(f32(z) - tau, 0.0))) + _labels_read(y)
-    return {"max_and_relu_squares": threshold}
+    return {"max_and_relu_squares": threshold, **read}
   def naive(z, y):
     # The max over the logits as stored: a max over converted bfloat16 logits
     # first writes the conversion out (see docs/measurement.md).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lossjax import _checks
+from lossjax import _checks, _native
 from lossjax import _softmax
 from lossjax.losses import _binary
 from lossjax.losses import _prepare
@@ -49,6 +49,19 @@ def _threshold(logits: Array) -> Array:
 def _solve(logits: Array) -> tuple:
   """tau, the support's size |S| and ||p||^2 of each row, `[..., 1]` each.
 
+  On CPU, for float32 and bfloat16 logits, by lossjax's own kernel
+  (`lossjax._native`): each row read once from memory, then Michelot's rounds
+  on the logits above its max - 1 alone. Elsewhere by XLA's operations
+  (`_solve_xla`).
+  """
+  z = jax.lax.stop_gradient(logits)
+  parts = _native.sparsemax_threshold(z, _solve_xla) if _native.takes(z) else _solve_xla(z)
+  return tuple(part[..., None] for part in parts)
+
+
+def _solve_xla(z: Array) -> tuple:
+  """`_solve` by XLA's operations, `[..., C] -> [...]` each.
+
   Where the classes divide into blocks (`_maxima_block`; each block every
   (C / k)-th class), from the rows' block maxima: the threshold t of the
   maxima alone (`_maxima_threshold`) lies at or below tau (a block's max is
@@ -64,9 +77,7 @@ def _solve(logits: Array) -> tuple:
   Otherwise, Michelot's rounds on chunks of rows (`_rounds`) from
   `_start`'s bound, and one pass for ||p||^2.
   """
-  z = jax.lax.stop_gradient(logits)
-  shape = z.shape[:-1] + (1,)
-  return tuple(part.reshape(shape) for part in _solve_rows(z.reshape(-1, z.shape[-1])))
+  return tuple(part.reshape(z.shape[:-1]) for part in _solve_rows(z.reshape(-1, z.shape[-1])))
 
 
 def _solve_rows(rows: Array) -> tuple:
@@ -387,8 +398,18 @@ def _loss_of(logits: Array, labels: Array, tau: Array, squares: Array) -> Array:
 
 @jax.custom_jvp
 def _fenchel_young(logits: Array, labels: Array) -> Array:
-  """The sparsemax loss, in the compute dtype, of `logits` in the caller's dtype."""
+  """The sparsemax loss, in the compute dtype, of `logits` in the caller's
+  dtype: on CPU its statistics and the label's logit from one kernel."""
+  if _native.takes(logits):
+    tau, _, squares, true_logit = _native.sparsemax_loss_statistics(
+        logits, labels, _xla_loss_statistics)
+    return 0.5 * squares + tau - true_logit + 0.5
   return _loss_of(logits, labels, *_threshold_and_squares(logits))
+
+
+def _xla_loss_statistics(logits: Array, labels: Array) -> tuple:
+  tau, size, squares = _solve_xla(logits)
+  return tau, size, squares, _softmax.take_class(logits, labels).astype(tau.dtype)
 
 
 @_fenchel_young.defjvp

@@ -1,0 +1,334 @@
+// Sparsemax's threshold from one pass over the logits: for each row, tau
+// with sum_c relu(z_c - tau) = 1, the support's size |S| = #{c : z_c > tau}
+// and ||p||^2 = sum_c relu(z_c - tau)^2. XLA:CPU's form needs the block
+// maxima, an insertion network over them and a count at their threshold,
+// three passes and more (docs/measurement.md); here each row is read once
+// from memory and then searched in cache.
+//
+// An XLA FFI handler (lossjax/_native/__init__.py builds and registers it):
+//   logits [..., C] float32 or bfloat16
+//   -> tau [...], support [...], squares [...], float32 each
+// Per row: the max m (a pass over the logits), then the candidates z > m - 1
+// (tau >= m - 1, since the max alone already adds relu(m - tau) <= 1), and
+// Michelot's rounds on them alone: with S = {z > t}, the next t is
+// (sum_S z - 1) / |S|; from t = m - 1, at or below tau, t only grows and S
+// only shrinks, and it stops, exactly, when |S| stops changing. The sums
+// are in float64, so tau is the float32 rounding of the rounds' own value.
+// A row with a NaN gives NaN for all three, as does a row whose max is
+// infinite (there relu(z - tau) is inf - inf).
+
+#include "rows.h"
+
+namespace lossjax {
+namespace {
+
+#if defined(__AVX512F__)
+// Above's compare with AVX-512: above the level, or NaN (not <=, unordered),
+// so that a row's NaNs come out among its candidates and the max need not
+// look for them.
+constexpr int kAboveOrNaN = _CMP_NLE_UQ;
+
+#endif
+
+// Rows at least this long skip the blocks of 64 logits with none above the
+// level, on a branch: the few candidates of a long row make the branch
+// predictable, where each of a short row's several blocks with candidates
+// costs a mispredicted branch.
+constexpr int64_t kSkipBlocksFrom = 4096;
+
+// The logits of row[0, columns) above `level`, written to `out` (room for
+// `columns` + kLanes values); returns how many. With AVX-512, each vector's
+// lanes above the level are compressed to its front and the whole vector
+// stored (a row's few candidates lie at random places: a branch on each
+// vector mispredicted, and the kernel took twice a read's time); elsewhere
+// a vector compare, then the rare vectors with any such lane one value at a
+// time.
+template <typename T>
+int64_t Above(const T* row, int64_t columns, float level, float* out) {
+  int64_t count = 0, c = 0;
+#if defined(__AVX512F__)
+  const __m512 bar = _mm512_set1_ps(level);
+  const bool skip = columns >= kSkipBlocksFrom;
+  for (; c + 4 * kLanes <= columns; c += 4 * kLanes) {
+    __m512 x[4];
+    if constexpr (sizeof(T) == 2) {
+      // bfloat16 as 32-bit words, two values each (as `AddBulk`): the
+      // candidates come out in another order, which the search ignores.
+      const __m512i high = _mm512_set1_epi32(int32_t(0xFFFF0000u));
+      for (int k = 0; k < 2; ++k) {
+        const __m512i w = _mm512_loadu_si512(row + c + 2 * k * kLanes);
+        x[2 * k] = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+        x[2 * k + 1] = _mm512_castsi512_ps(_mm512_and_si512(w, high));
+      }
+    } else {
+      for (int k = 0; k < 4; ++k) x[k] = __m512(Load(row + c + k * kLanes));
+    }
+    __mmask16 above[4];
+    for (int k = 0; k < 4; ++k) above[k] = _mm512_cmp_ps_mask(x[k], bar, kAboveOrNaN);
+    if (skip && !(above[0] | above[1] | above[2] | above[3])) continue;
+    for (int k = 0; k < 4; ++k) {
+      _mm512_storeu_ps(out + count, _mm512_maskz_compress_ps(above[k], x[k]));
+      count += __builtin_popcount(above[k]);
+    }
+  }
+  for (; c + kLanes <= columns; c += kLanes) {
+    const __m512 x = __m512(Load(row + c));
+    const __mmask16 above = _mm512_cmp_ps_mask(x, bar, kAboveOrNaN);
+    _mm512_storeu_ps(out + count, _mm512_maskz_compress_ps(above, x));
+    count += __builtin_popcount(above);
+  }
+  if (c < columns && columns >= kLanes) {
+    // The last vector ends at the row's end, its lanes already seen left out.
+    const int64_t start = columns - kLanes;
+    const __m512 x = __m512(Load(row + start));
+    const __mmask16 fresh = __mmask16(0xFFFFu << (c - start));
+    const __mmask16 above = _mm512_mask_cmp_ps_mask(fresh, x, bar, kAboveOrNaN);
+    _mm512_storeu_ps(out + count, _mm512_maskz_compress_ps(above, x));
+    count += __builtin_popcount(above);
+    c = columns;
+  }
+#else
+  const Floats bar = Floats{} + level;
+  for (; c + kLanes <= columns; c += kLanes) {
+    const Floats x = Load(row + c);
+    const Ints above = x > bar;
+    int32_t any = 0;
+    for (int i = 0; i < kLanes; ++i) any |= above[i];
+    if (!any) continue;
+    for (int i = 0; i < kLanes; ++i)
+      if (above[i]) out[count++] = x[i];
+  }
+#endif
+  for (; c < columns; ++c) {
+    const float x = LoadOne(row[c]);
+    if (x > level) out[count++] = x;
+  }
+  return count;
+}
+
+#if defined(__AVX512F__)
+// The max of a row of at least kLanes logits, its NaNs left out (x86's max
+// returns its second operand where either is NaN).
+template <typename T>
+float MaxLeavingNaN(const T* row, int64_t columns) {
+  __m512 top[4];
+  for (int k = 0; k < 4; ++k) top[k] = _mm512_set1_ps(kMinusInf);
+  int64_t c = 0;
+  for (; c + 4 * kLanes <= columns; c += 4 * kLanes) {
+    if constexpr (sizeof(T) == 2) {
+      const __m512i high = _mm512_set1_epi32(int32_t(0xFFFF0000u));
+      for (int k = 0; k < 2; ++k) {
+        const __m512i w = _mm512_loadu_si512(row + c + 2 * k * kLanes);
+        top[2 * k] = _mm512_max_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)), top[2 * k]);
+        top[2 * k + 1] = _mm512_max_ps(_mm512_castsi512_ps(_mm512_and_si512(w, high)), top[2 * k + 1]);
+      }
+    } else {
+      for (int k = 0; k < 4; ++k) top[k] = _mm512_max_ps(__m512(Load(row + c + k * kLanes)), top[k]);
+    }
+  }
+  for (; c + kLanes <= columns; c += kLanes) top[0] = _mm512_max_ps(__m512(Load(row + c)), top[0]);
+  if (c < columns) top[1] = _mm512_max_ps(__m512(Load(row + columns - kLanes)), top[1]);
+  return _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(top[0], top[1]), _mm512_max_ps(top[2], top[3])));
+}
+#endif
+
+template <typename T>
+float RowMax(const T* row, int64_t columns) {
+  if (columns < kLanes) {
+    float best = kMinusInf;
+    for (int64_t c = 0; c < columns; ++c) {
+      const float x = LoadOne(row[c]);
+      if (x != x) return kNaN;
+      best = x > best ? x : best;
+    }
+    return best;
+  }
+  RunningMax acc;
+  AddRange(row, columns, 0, columns, acc);
+  return acc.Value();
+}
+
+constexpr int64_t kPrefetchRowBytes = 8192;
+
+// A row's threshold, support size and ||p||^2 (at the threshold as rounded).
+struct Solution {
+  float tau;
+  float size;
+  float squares;
+};
+
+// The float just below x (finite x): every logit above the exact m - 1 lies
+// above m - 1 rounded and then lowered by this.
+inline float Lowered(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  if (x == 0.0f) bits = 0x80000001u;
+  else bits += x > 0.0f ? -1 : 1;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
+// Michelot's rounds on the candidates from t = m - 1, in float64.
+inline Solution Michelot(const float* candidates, int64_t taken, float top) {
+  double t = double(top) - 1.0;
+  int64_t size = -1;
+  // Each round but the last leaves a candidate out: at most one round more
+  // than there are candidates (a bound against rounding, never reached).
+  for (int64_t round = 0; round <= taken; ++round) {
+    int64_t count = 0;
+    double sum = 0.0;
+    // No branch: which candidates stay is no pattern a predictor learns.
+    for (int64_t i = 0; i < taken; ++i) {
+      const bool in = candidates[i] > t;
+      count += in;
+      sum += in ? double(candidates[i]) : 0.0;
+    }
+    if (count == size) break;
+    size = count;
+    t = (sum - 1.0) / double(count);
+  }
+  const float threshold = float(t);
+  double squares = 0.0;
+  for (int64_t i = 0; i < taken; ++i) {
+    const double excess = std::max(double(candidates[i]) - double(threshold), 0.0);
+    squares += excess * excess;
+  }
+  return {threshold, float(size), float(squares)};
+}
+
+#if defined(__AVX512F__)
+// The same from at most kLanes candidates, with no rounds: sorted, a value
+// c of rank r (counting ties: the values >= c) is in the support iff
+// 1 + r c > the sum of the r largest, |S| is the largest such r, and the
+// support is the values of rank <= |S|. Each lane's rank and sum come from
+// all lanes at once, a compare and two masked adds for each lane in turn
+// (the rounds wait on one another, a division each: 2.3 ms of 6.7 at
+// 65536x1000 bfloat16). The sums are relative to m, of values in [-1, 0];
+// the lanes past the candidates are -inf and never count.
+inline Solution FewCandidates(const float* candidates, int64_t taken, float top) {
+  const __mmask16 valid = __mmask16((1u << taken) - 1);
+  const __m512 raw = _mm512_maskz_loadu_ps(valid, candidates);
+  const __m512 shifted =
+      _mm512_mask_blend_ps(valid, _mm512_set1_ps(kMinusInf), _mm512_sub_ps(raw, _mm512_set1_ps(top)));
+  alignas(64) float each[kLanes];
+  _mm512_store_ps(each, shifted);
+  __m512i rank = _mm512_setzero_si512();
+  __m512 sum = _mm512_setzero_ps();
+  const __m512i one = _mm512_set1_epi32(1);
+  for (int j = 0; j < kLanes; ++j) {
+    const __m512 value = _mm512_set1_ps(each[j]);
+    const __mmask16 counted = _mm512_cmp_ps_mask(value, shifted, _CMP_GE_OQ);
+    rank = _mm512_mask_add_epi32(rank, counted, rank, one);
+    sum = _mm512_mask_add_ps(sum, counted, sum, value);
+  }
+  const __m512 test = _mm512_fmadd_ps(_mm512_cvtepi32_ps(rank), shifted, _mm512_set1_ps(1.0f));
+  const __mmask16 in = _mm512_mask_cmp_ps_mask(valid, test, sum, _CMP_GT_OQ);
+  const int size = _mm512_mask_reduce_max_epi32(in, rank);
+  const __mmask16 support =
+      _mm512_mask_cmp_epi32_mask(valid, rank, _mm512_set1_epi32(size), _MM_CMPINT_LE);
+  const double excess_sum = _mm512_mask_reduce_add_ps(support, shifted);
+  const float threshold = float(double(top) + (excess_sum - 1.0) / double(size));
+  const __m512 excess = _mm512_maskz_sub_ps(support, raw, _mm512_set1_ps(threshold));
+  const __m512 positive = _mm512_max_ps(excess, _mm512_setzero_ps());
+  return {threshold, float(size), _mm512_reduce_add_ps(_mm512_mul_ps(positive, positive))};
+}
+#endif
+
+template <typename T>
+void Rows(const T* logits, const int32_t* labels, float* tau, float* support, float* squares,
+          float* true_logit, int64_t first, int64_t last, int64_t columns) {
+  std::unique_ptr<float[]> room(new float[columns + kLanes]);
+  float* const candidates = room.get();
+  const int64_t ahead = std::min<int64_t>(columns * sizeof(T), kPrefetchRowBytes);
+  for (int64_t r = first; r < last; ++r) {
+    const T* row = logits + r * columns;
+    // The row after next's first bytes fetched while this one is searched.
+    const char* next = reinterpret_cast<const char*>(row + 2 * columns);
+    for (int64_t b = 0; b < ahead; b += 64) __builtin_prefetch(next + b);
+    if (labels) {
+      const int64_t label = labels[r];
+      true_logit[r] = label < 0 || label >= columns ? kNaN : LoadOne(row[label]);
+    }
+#if defined(__AVX512F__)
+    const float top = columns >= kLanes ? MaxLeavingNaN(row, columns) : RowMax(row, columns);
+#else
+    const float top = RowMax(row, columns);
+#endif
+    if (!std::isfinite(top)) {
+      tau[r] = support[r] = squares[r] = kNaN;
+      continue;
+    }
+    const int64_t taken = Above(row, columns, Lowered(top - 1.0f), candidates);
+    bool any_nan = false;
+    for (int64_t i = 0; i < taken; ++i) any_nan |= candidates[i] != candidates[i];
+    if (any_nan) {
+      tau[r] = support[r] = squares[r] = kNaN;
+      continue;
+    }
+#if defined(__AVX512F__)
+    const Solution s = taken <= kLanes ? FewCandidates(candidates, taken, top)
+                                       : Michelot(candidates, taken, top);
+#else
+    const Solution s = Michelot(candidates, taken, top);
+#endif
+    tau[r] = s.tau;
+    support[r] = s.size;
+    squares[r] = s.squares;
+  }
+}
+
+// The threshold alone (sparsemax's projection): `labels` and `true_logit`
+// null.
+ffi::Error Threshold(ffi::ThreadPool pool, ffi::AnyBuffer logits, ffi::ResultBuffer<ffi::F32> tau,
+                     ffi::ResultBuffer<ffi::F32> support, ffi::ResultBuffer<ffi::F32> squares) {
+  int64_t rows, columns;
+  if (auto error = RowsAndColumns(logits, tau->element_count(), rows, columns); error.failure())
+    return error;
+  float *t = tau->typed_data(), *n = support->typed_data(), *s = squares->typed_data();
+  return WithLogits(logits, [&](auto z) {
+    ForRowChunks(pool, rows, columns, [=](int64_t first, int64_t last) {
+      Rows(z, static_cast<const int32_t*>(nullptr), t, n, s, static_cast<float*>(nullptr), first,
+           last, columns);
+    });
+  });
+}
+
+// The loss's statistics: the threshold's and the label's logit (NaN for a
+// label outside [0, C)), from the same pass.
+ffi::Error LossStatistics(ffi::ThreadPool pool, ffi::AnyBuffer logits,
+                          ffi::Buffer<ffi::S32> labels, ffi::ResultBuffer<ffi::F32> tau,
+                          ffi::ResultBuffer<ffi::F32> support, ffi::ResultBuffer<ffi::F32> squares,
+                          ffi::ResultBuffer<ffi::F32> true_logit) {
+  int64_t rows, columns;
+  if (auto error = RowsAndColumns(logits, labels.element_count(), rows, columns); error.failure())
+    return error;
+  const int32_t* y = labels.typed_data();
+  float *t = tau->typed_data(), *n = support->typed_data(), *s = squares->typed_data();
+  float* truth = true_logit->typed_data();
+  return WithLogits(logits, [&](auto z) {
+    ForRowChunks(pool, rows, columns, [=](int64_t first, int64_t last) {
+      Rows(z, y, t, n, s, truth, first, last, columns);
+    });
+  });
+}
+
+}  // namespace
+}  // namespace lossjax
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxSparsemaxThreshold, lossjax::Threshold,
+                              lossjax::ffi::Ffi::Bind()
+                                  .Ctx<lossjax::ffi::ThreadPool>()
+                                  .Arg<lossjax::ffi::AnyBuffer>()
+                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
+                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
+                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxSparsemaxLossStatistics, lossjax::LossStatistics,
+                              lossjax::ffi::Ffi::Bind()
+                                  .Ctx<lossjax::ffi::ThreadPool>()
+                                  .Arg<lossjax::ffi::AnyBuffer>()
+                                  .Arg<lossjax::ffi::Buffer<lossjax::ffi::S32>>()
+                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
+                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
+                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
+                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>());
