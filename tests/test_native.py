@@ -222,3 +222,32 @@ def test_sparsemax_loss_as_xla_computes_it(dtype, monkeypatch):
   np.testing.assert_allclose(float(native_value), float(xla_value), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(native_grad.astype(jnp.float32)),
                              np.asarray(xla_grad.astype(jnp.float32)), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("classes", (4096, 4133, 32000))
+def test_sparsemax_threshold_of_long_rows(classes, dtype):
+  # Rows this long take their max and candidates in one pass, the level
+  # following the running max: rows in ascending order keep raising it (most
+  # logits are candidates for a while), and a NaN or an infinity anywhere in
+  # a row must still show.
+  rng = np.random.default_rng(classes)
+  scale = np.exp(rng.uniform(-4, 3, (12, 1)))
+  values = rng.standard_normal((12, classes)) * scale
+  values[1] = np.sort(values[1])
+  values[2] = np.linspace(-3, 3, classes)
+  values[3, :] = -np.inf
+  values[3, classes // 2] = 0.5
+  values = jnp.asarray(values, dtype)
+  tau, size, squares = _native_threshold(values)
+  want_tau, want_size, want_squares = _sparsemax_reference(values)
+  np.testing.assert_array_equal(np.asarray(size), want_size)
+  np.testing.assert_allclose(np.asarray(tau), want_tau, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(squares), want_squares, rtol=1e-5, atol=1e-7)
+  for position in (0, 100, classes - 1):
+    for bad in (np.nan, np.inf):
+      broken = np.array(values.astype(jnp.float32))
+      broken[5, position] = bad
+      tau, size, squares = _native_threshold(jnp.asarray(broken, dtype))
+      assert np.isnan([tau[5], size[5], squares[5]]).all()
+      np.testing.assert_array_equal(np.asarray(size)[6:], want_size[6:])

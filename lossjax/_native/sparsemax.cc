@@ -22,19 +22,51 @@
 namespace lossjax {
 namespace {
 
+// The float just below x (finite x): every logit above the exact m - 1 lies
+// above m - 1 rounded and then lowered by this.
+inline float Lowered(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  if (x == 0.0f) bits = 0x80000001u;
+  else bits += x > 0.0f ? -1 : 1;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
 #if defined(__AVX512F__)
 // Above's compare with AVX-512: above the level, or NaN (not <=, unordered),
 // so that a row's NaNs come out among its candidates and the max need not
 // look for them.
 constexpr int kAboveOrNaN = _CMP_NLE_UQ;
 
+// The four vectors of logits at row[c, c + 4 kLanes), as float32 (bfloat16
+// as 32-bit words, two values each, as `AddBulk`: the candidates come out in
+// another order, which the search ignores).
+template <typename T>
+inline void LoadFour(const T* row, int64_t c, __m512 (&x)[4]) {
+  if constexpr (sizeof(T) == 2) {
+    const __m512i high = _mm512_set1_epi32(int32_t(0xFFFF0000u));
+    for (int k = 0; k < 2; ++k) {
+      const __m512i w = _mm512_loadu_si512(row + c + 2 * k * kLanes);
+      x[2 * k] = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+      x[2 * k + 1] = _mm512_castsi512_ps(_mm512_and_si512(w, high));
+    }
+  } else {
+    for (int k = 0; k < 4; ++k) x[k] = __m512(Load(row + c + k * kLanes));
+  }
+}
+
+// Appends x's lanes in `keep` to out[count...].
+inline void Keep(__m512 x, __mmask16 keep, float* out, int64_t& count) {
+  _mm512_storeu_ps(out + count, _mm512_maskz_compress_ps(keep, x));
+  count += __builtin_popcount(keep);
+}
+
 #endif
 
-// Rows at least this long skip the blocks of 64 logits with none above the
-// level, on a branch: the few candidates of a long row make the branch
-// predictable, where each of a short row's several blocks with candidates
-// costs a mispredicted branch.
-constexpr int64_t kSkipBlocksFrom = 4096;
+// Rows at least this long take their max and candidates in one pass
+// (`MaxAndCandidates`); shorter ones in two, the second from cache.
+constexpr int64_t kOnePassFrom = 4096;
 
 // The logits of row[0, columns) above `level`, written to `out` (room for
 // `columns` + kLanes values); returns how many. With AVX-512, each vector's
@@ -48,43 +80,21 @@ int64_t Above(const T* row, int64_t columns, float level, float* out) {
   int64_t count = 0, c = 0;
 #if defined(__AVX512F__)
   const __m512 bar = _mm512_set1_ps(level);
-  const bool skip = columns >= kSkipBlocksFrom;
   for (; c + 4 * kLanes <= columns; c += 4 * kLanes) {
     __m512 x[4];
-    if constexpr (sizeof(T) == 2) {
-      // bfloat16 as 32-bit words, two values each (as `AddBulk`): the
-      // candidates come out in another order, which the search ignores.
-      const __m512i high = _mm512_set1_epi32(int32_t(0xFFFF0000u));
-      for (int k = 0; k < 2; ++k) {
-        const __m512i w = _mm512_loadu_si512(row + c + 2 * k * kLanes);
-        x[2 * k] = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-        x[2 * k + 1] = _mm512_castsi512_ps(_mm512_and_si512(w, high));
-      }
-    } else {
-      for (int k = 0; k < 4; ++k) x[k] = __m512(Load(row + c + k * kLanes));
-    }
-    __mmask16 above[4];
-    for (int k = 0; k < 4; ++k) above[k] = _mm512_cmp_ps_mask(x[k], bar, kAboveOrNaN);
-    if (skip && !(above[0] | above[1] | above[2] | above[3])) continue;
-    for (int k = 0; k < 4; ++k) {
-      _mm512_storeu_ps(out + count, _mm512_maskz_compress_ps(above[k], x[k]));
-      count += __builtin_popcount(above[k]);
-    }
+    LoadFour(row, c, x);
+    for (int k = 0; k < 4; ++k) Keep(x[k], _mm512_cmp_ps_mask(x[k], bar, kAboveOrNaN), out, count);
   }
   for (; c + kLanes <= columns; c += kLanes) {
     const __m512 x = __m512(Load(row + c));
-    const __mmask16 above = _mm512_cmp_ps_mask(x, bar, kAboveOrNaN);
-    _mm512_storeu_ps(out + count, _mm512_maskz_compress_ps(above, x));
-    count += __builtin_popcount(above);
+    Keep(x, _mm512_cmp_ps_mask(x, bar, kAboveOrNaN), out, count);
   }
   if (c < columns && columns >= kLanes) {
     // The last vector ends at the row's end, its lanes already seen left out.
     const int64_t start = columns - kLanes;
     const __m512 x = __m512(Load(row + start));
     const __mmask16 fresh = __mmask16(0xFFFFu << (c - start));
-    const __mmask16 above = _mm512_mask_cmp_ps_mask(fresh, x, bar, kAboveOrNaN);
-    _mm512_storeu_ps(out + count, _mm512_maskz_compress_ps(above, x));
-    count += __builtin_popcount(above);
+    Keep(x, _mm512_mask_cmp_ps_mask(fresh, x, bar, kAboveOrNaN), out, count);
     c = columns;
   }
 #else
@@ -101,7 +111,7 @@ int64_t Above(const T* row, int64_t columns, float level, float* out) {
 #endif
   for (; c < columns; ++c) {
     const float x = LoadOne(row[c]);
-    if (x > level) out[count++] = x;
+    if (!(x <= level)) out[count++] = x;  // or NaN, as kAboveOrNaN
   }
   return count;
 }
@@ -132,6 +142,55 @@ float MaxLeavingNaN(const T* row, int64_t columns) {
 }
 #endif
 
+// A long row's max and candidates in one pass: the logits above (the running
+// max - 1), or NaN, the level raised every 16 steps of 4 vectors, skipping on
+// a branch the steps with none (few, in a long row: predictable); then those
+// above the final max - 1 kept. `out` has room for `columns` + kLanes values.
+template <typename T>
+float MaxAndCandidates(const T* row, int64_t columns, float* out, int64_t& taken) {
+  __m512 top[4];
+  for (int k = 0; k < 4; ++k) top[k] = _mm512_set1_ps(kMinusInf);
+  auto largest = [&]() {
+    return _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(top[0], top[1]), _mm512_max_ps(top[2], top[3])));
+  };
+  __m512 bar = _mm512_set1_ps(kMinusInf);
+  int64_t count = 0, c = 0;
+  for (int64_t step = 0; c + 4 * kLanes <= columns; c += 4 * kLanes, ++step) {
+    __m512 x[4];
+    LoadFour(row, c, x);
+    __mmask16 above[4];
+    for (int k = 0; k < 4; ++k) {
+      top[k] = _mm512_max_ps(x[k], top[k]);
+      above[k] = _mm512_cmp_ps_mask(x[k], bar, kAboveOrNaN);
+    }
+    if (above[0] | above[1] | above[2] | above[3])
+      for (int k = 0; k < 4; ++k) Keep(x[k], above[k], out, count);
+    if (step % 16 == 0) bar = _mm512_set1_ps(Lowered(largest() - 1.0f));
+  }
+  for (; c + kLanes <= columns; c += kLanes) {
+    const __m512 x = __m512(Load(row + c));
+    top[0] = _mm512_max_ps(x, top[0]);
+    Keep(x, _mm512_cmp_ps_mask(x, bar, kAboveOrNaN), out, count);
+  }
+  if (c < columns) {
+    const int64_t start = columns - kLanes;
+    const __m512 x = __m512(Load(row + start));
+    top[1] = _mm512_max_ps(x, top[1]);
+    Keep(x, _mm512_mask_cmp_ps_mask(__mmask16(0xFFFFu << (c - start)), x, bar, kAboveOrNaN), out,
+         count);
+  }
+  const float m = largest();
+  // In place: each vector is stored at or before where it was read.
+  const __m512 level = _mm512_set1_ps(Lowered(m - 1.0f));
+  taken = 0;
+  for (int64_t i = 0; i < count; i += kLanes) {
+    const __mmask16 valid = count - i >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << (count - i)) - 1);
+    const __m512 x = _mm512_maskz_loadu_ps(valid, out + i);
+    Keep(x, _mm512_mask_cmp_ps_mask(valid, x, level, kAboveOrNaN), out, taken);
+  }
+  return m;
+}
+
 template <typename T>
 float RowMax(const T* row, int64_t columns) {
   if (columns < kLanes) {
@@ -156,17 +215,6 @@ struct Solution {
   float size;
   float squares;
 };
-
-// The float just below x (finite x): every logit above the exact m - 1 lies
-// above m - 1 rounded and then lowered by this.
-inline float Lowered(float x) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  if (x == 0.0f) bits = 0x80000001u;
-  else bits += x > 0.0f ? -1 : 1;
-  std::memcpy(&x, &bits, sizeof x);
-  return x;
-}
 
 // Michelot's rounds on the candidates from t = m - 1, in float64.
 inline Solution Michelot(const float* candidates, int64_t taken, float top) {
@@ -249,16 +297,23 @@ void Rows(const T* logits, const int32_t* labels, float* tau, float* support, fl
       const int64_t label = labels[r];
       true_logit[r] = label < 0 || label >= columns ? kNaN : LoadOne(row[label]);
     }
+    float top;
+    int64_t taken = 0;
 #if defined(__AVX512F__)
-    const float top = columns >= kLanes ? MaxLeavingNaN(row, columns) : RowMax(row, columns);
+    if (columns >= kOnePassFrom) {
+      top = MaxAndCandidates(row, columns, candidates, taken);
+    } else {
+      top = columns >= kLanes ? MaxLeavingNaN(row, columns) : RowMax(row, columns);
+      if (std::isfinite(top)) taken = Above(row, columns, Lowered(top - 1.0f), candidates);
+    }
 #else
-    const float top = RowMax(row, columns);
+    top = RowMax(row, columns);
+    if (std::isfinite(top)) taken = Above(row, columns, Lowered(top - 1.0f), candidates);
 #endif
     if (!std::isfinite(top)) {
       tau[r] = support[r] = squares[r] = kNaN;
       continue;
     }
-    const int64_t taken = Above(row, columns, Lowered(top - 1.0f), candidates);
     bool any_nan = false;
     for (int64_t i = 0; i < taken; ++i) any_nan |= candidates[i] != candidates[i];
     if (any_nan) {
