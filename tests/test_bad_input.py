@@ -146,3 +146,9 @@ def test_class_weights_must_have_one_entry_per_class(logits):
 def test_bad_hyperparameters_are_named(call, message, logits):
   with pytest.raises(ValueError, match=message):
     call(logits, jnp.zeros((6,), jnp.int32))
+
+
+@pytest.mark.parametrize("shape", [(), (3, 0)])
+def test_sparsemax_without_classes_names_the_argument(shape):
+  with pytest.raises(ValueError, match="`logits` need a last axis of at least one class"):
+    lossjax.sparsemax(jnp.zeros(shape))

@@ -1,6 +1,12 @@
-"""lossjax's native CPU kernel (`lossjax._native`): the margin losses' rival
-and true logit against NumPy, in the shapes that take each of its paths, and
-its build: cached, and a clear warning with XLA's numbers where it fails."""
+"""lossjax's native CPU kernels (`lossjax._native`): the margin losses' rival
+and true logit, and sparsemax's threshold, against NumPy, in the shapes that
+take each of their paths (and again built without AVX-512), and their
+build: cached, and a clear warning with XLA's numbers where it fails."""
+
+import os
+import platform
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -158,7 +164,8 @@ def _sparsemax_reference(values):
   ranked = -np.sort(-z, axis=-1)
   k = np.arange(1, z.shape[-1] + 1)
   size = np.sum(1 + k * ranked > np.cumsum(ranked, axis=-1), axis=-1)
-  tau = (np.take_along_axis(np.cumsum(ranked, axis=-1), size[:, None] - 1, axis=-1)[:, 0] - 1) / size
+  top_sum = np.take_along_axis(np.cumsum(ranked, axis=-1), size[:, None] - 1, axis=-1)[:, 0]
+  tau = (top_sum - 1) / size
   squares = np.sum(np.maximum(z - tau[:, None], 0.0) ** 2, axis=-1)
   return tau, size, squares
 
@@ -251,3 +258,17 @@ def test_sparsemax_threshold_of_long_rows(classes, dtype):
       tau, size, squares = _native_threshold(jnp.asarray(broken, dtype))
       assert np.isnan([tau[5], size[5], squares[5]]).all()
       np.testing.assert_array_equal(np.asarray(size)[6:], want_size[6:])
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64's portable build")
+def test_the_portable_build_computes_the_same(tmp_path):
+  # Built for x86-64-v3 (AVX2, no AVX-512) the kernels take their portable
+  # paths (GCC's vector extensions, Michelot's rounds for every row): this
+  # file's numeric tests again, in a process with that build.
+  env = {**os.environ, "LOSSJAX_NATIVE_ARCH": "x86-64-v3", "LOSSJAX_CACHE": str(tmp_path)}
+  env.pop("PYTEST_XDIST_WORKER", None)
+  done = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__,
+       "-k", "not portable and not build"], env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  assert list((tmp_path / "native").glob("kernels-*.so"))

@@ -12,7 +12,8 @@ that XLA:CPU's library kernel cannot compute in one pass over the logits.
 Each reads a row of logits once from memory, on XLA's intra-op threads.
 
 The kernels are compiled on first use with the machine's C++ compiler
-(``$CXX``, else ``c++``) for the machine's own processor (``-march=native``),
+(``$CXX``, else ``c++``) for the machine's own processor (``-march=native``;
+``$LOSSJAX_NATIVE_ARCH`` names another, e.g. ``x86-64-v3``),
 into ``$LOSSJAX_CACHE/native`` (default ``~/.cache/lossjax/native``), one
 library per source, jaxlib and processor, and then loaded from there. Where
 they cannot be built (no compiler, no JAX FFI headers), lossjax warns once and
@@ -47,7 +48,7 @@ _HEADERS = ("rows.h",)
 _TARGETS = {"lossjax_rival_and_true_logit": "LossjaxRivalAndTrueLogit",
             "lossjax_sparsemax_threshold": "LossjaxSparsemaxThreshold",
             "lossjax_sparsemax_loss_statistics": "LossjaxSparsemaxLossStatistics"}
-_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
 _BUILD_SECONDS = 300
 
 
@@ -75,6 +76,12 @@ def _processor() -> str:
   return "\n".join(sorted({line for line in lines if line.split(":")[0].strip() in keys}))
 
 
+def _architecture() -> str:
+  """What `-march` compiles for: ``$LOSSJAX_NATIVE_ARCH``, else the machine's
+  own processor (``native``)."""
+  return os.environ.get("LOSSJAX_NATIVE_ARCH", "native")
+
+
 def _compiler() -> str:
   compiler = os.environ.get("CXX", "c++")
   found = shutil.which(compiler)
@@ -88,9 +95,10 @@ def build() -> pathlib.Path:
   already; returns its path. Raises `BuildError` with the compiler's message."""
   compiler = _compiler()
   include = jax.ffi.include_dir()
+  flags = (*_FLAGS, f"-march={_architecture()}")
   texts = [(_FOLDER / name).read_text() for name in _SOURCES + _HEADERS]
   key = hashlib.sha256("\0".join([
-      *texts, jaxlib.__version__, compiler, " ".join(_FLAGS),
+      *texts, jaxlib.__version__, compiler, " ".join(flags),
       platform.machine(), _processor()]).encode()).hexdigest()[:16]
   library = cache_folder() / f"kernels-{key}.so"
   if library.exists():
@@ -100,7 +108,7 @@ def build() -> pathlib.Path:
   # (pytest's workers) each leave a whole library.
   fd, partial = tempfile.mkstemp(dir=library.parent, suffix=".so.partial")
   os.close(fd)
-  command = [compiler, *_FLAGS, "-I", include, *(str(_FOLDER / name) for name in _SOURCES),
+  command = [compiler, *flags, "-I", include, *(str(_FOLDER / name) for name in _SOURCES),
              "-o", partial]
   try:
     done = subprocess.run(command, capture_output=True, text=True, timeout=_BUILD_SECONDS)

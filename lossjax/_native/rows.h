@@ -92,22 +92,27 @@ struct RunningMax {
     nan[k] |= (x != x);
   }
   // `x` with the lanes where `keep` is false left out.
-  void AddMasked(Floats x, Ints keep) { Add(0, keep ? x : Floats{} + kMinusInf); nan[0] |= keep & (x != x); }
-  // The max of the lanes (NaN where any lane saw one), halving the vector
-  // by shuffles rather than a lane at a time: a row of 1000 logits is only
-  // 16 steps of the bulk loop.
+  void AddMasked(Floats x, Ints keep) {
+    Add(0, keep ? x : Floats{} + kMinusInf);
+    nan[0] |= keep & (x != x);
+  }
+  // The max of the lanes, NaN where any lane saw one.
   float Value() const {
-    Floats t = Max(Max(top[0], top[1]), Max(top[2], top[3]));
-    Ints n = nan[0] | nan[1] | nan[2] | nan[3];
-    t = Max(t, __builtin_shufflevector(t, t, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
-    n |= __builtin_shufflevector(n, n, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-    t = Max(t, __builtin_shufflevector(t, t, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
-    n |= __builtin_shufflevector(n, n, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-    t = Max(t, __builtin_shufflevector(t, t, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
-    n |= __builtin_shufflevector(n, n, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-    t = Max(t, __builtin_shufflevector(t, t, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
-    n |= __builtin_shufflevector(n, n, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-    return n[0] ? kNaN : t[0];
+    const Floats t = Max(Max(top[0], top[1]), Max(top[2], top[3]));
+    const Ints n = nan[0] | nan[1] | nan[2] | nan[3];
+#if defined(__AVX512F__)
+    // A shuffle tree: a row of 1000 logits is only 16 steps of the bulk loop.
+    const bool any_nan = _mm512_test_epi32_mask(__m512i(n), __m512i(n)) != 0;
+    return any_nan ? kNaN : _mm512_reduce_max_ps(__m512(t));
+#else
+    float best = kMinusInf;
+    bool any_nan = false;
+    for (int i = 0; i < kLanes; ++i) {
+      best = t[i] > best ? t[i] : best;
+      any_nan |= n[i] != 0;
+    }
+    return any_nan ? kNaN : best;
+#endif
   }
   static Floats Max(Floats a, Floats b) { return a > b ? a : b; }
 };

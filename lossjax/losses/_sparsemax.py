@@ -359,6 +359,9 @@ def sparsemax(logits: Array) -> Array:
 
   Reference: Martins & Astudillo, "From Softmax to Sparsemax", ICML 2016.
   """
+  if jnp.ndim(logits) == 0 or jnp.shape(logits)[-1] == 0:
+    raise ValueError(f"`logits` need a last axis of at least one class (the simplex's), "
+                     f"got shape {jnp.shape(logits)}")
   return jnp.maximum(logits - _threshold(logits).astype(logits.dtype), 0.0)
 
 
