@@ -272,3 +272,19 @@ def test_the_portable_build_computes_the_same(tmp_path):
        "-k", "not portable and not build"], env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   assert list((tmp_path / "native").glob("kernels-*.so"))
+
+
+def test_export_for_cpu_takes_xla_operations(monkeypatch):
+  # jax.export refuses custom calls without a compatibility guarantee: the
+  # guide's way out, LOSSJAX_NATIVE=0, exports the same numbers.
+  values, labels = jnp.arange(40.0).reshape(4, 10) % 7, jnp.arange(4, dtype=jnp.int32)
+  program = jax.jit(lambda v, y: (lossjax.multiclass_hinge_loss(v, y),
+                                  lossjax.multiclass_sparsemax_loss(v, y)))
+  with pytest.raises(ValueError, match="custom calls"):
+    jax.export.export(program)(values, labels)
+  native = program(values, labels)
+  monkeypatch.setenv("LOSSJAX_NATIVE", "0")
+  exported = jax.export.export(jax.jit(lambda v, y: (lossjax.multiclass_hinge_loss(v, y),
+                                                     lossjax.multiclass_sparsemax_loss(v, y))))
+  for got, want in zip(exported(values, labels).call(values, labels), native):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
