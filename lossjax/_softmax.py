@@ -491,16 +491,19 @@ def _rival_max_jvp(primals, tangents):
   return with_nan_of(rival, count), tangent.astype(rival.dtype)
 
 
-def _rival_max_derivative(values: Array, labels: Array, rival: Array, d_wide: Array) -> tuple:
+def _rival_max_derivative(values: Array, labels: Array, rival: Array, d_wide: Array,
+                          count: Array | None = None) -> tuple:
   """`rival_max`'s tangent, in the compute dtype, and the count of the
-  classes other than the label's at the rival (NaN in a row with a NaN)."""
+  classes other than the label's at the rival (NaN in a row with a NaN),
+  counted here unless given (`_rival_true_logit_and_ties`)."""
   # A rival of -inf (every other class -inf, or C = 1) has no derivative: a
   # finite stand-in keeps the indicator finite (the count below is then 0).
   level = jnp.where(rival == -jnp.inf, 0.0, compute(rival))
   true_logit = compute(take_class(values, labels))
   true_at_level = _indicator(true_logit[..., None], level)[..., 0]
-  # The label's own class, which may tie the rival, taken back out.
-  count = _count_equal(values, level) - true_at_level
+  if count is None:
+    # The label's own class, which may tie the rival, taken back out.
+    count = _count_equal(values, level) - true_at_level
   share = (jnp.sum(_indicator(values, level) * d_wide, axis=-1)
            - true_at_level * _true_class_tangent(labels, d_wide))
   return share / jnp.maximum(count, 1.0), count
@@ -545,9 +548,37 @@ def _xla_rival_and_true_logit(values: Array, labels: Array) -> tuple:
 def _rival_and_true_logit_jvp(primals, tangents):
   values, labels = primals
   d_values, _ = tangents  # labels are integers: no tangent
-  rival, true_logit = _rival_and_true_logit(values, labels)
-  d_rival, count = _rival_max_derivative(values, labels, rival, compute(d_values))
+  rival, true_logit, ties = _rival_true_logit_and_ties(values, labels)
+  d_rival, count = _rival_max_derivative(values, labels, rival, compute(d_values), ties)
   return (with_nan_of(rival, count), true_logit), (d_rival, compute(_gather(d_values, labels)))
+
+
+@jax.custom_jvp
+def _rival_true_logit_and_ties(values: Array, labels: Array) -> tuple:
+  """`_rival_and_true_logit` and the count of the classes other than the
+  label's at the rival, which the rival's derivative divides by, from the
+  same pass (on CPU the count from the row in cache, where XLA's form counts
+  in a pass over the logits of its own). Its own derivative gives the first
+  two theirs and the count none, so that a second derivative can run
+  through it."""
+  return _native.rival_true_logit_and_ties(values, labels, _xla_rival_true_logit_and_ties)
+
+
+def _xla_rival_true_logit_and_ties(values: Array, labels: Array) -> tuple:
+  rival, true_logit = _xla_rival_and_true_logit(values, labels)
+  level = jnp.where(rival == -jnp.inf, 0.0, rival)
+  ties = _count_equal(values, level) - _indicator(true_logit[..., None], level)[..., 0]
+  return rival, true_logit, ties
+
+
+@_rival_true_logit_and_ties.defjvp
+def _rival_true_logit_and_ties_jvp(primals, tangents):
+  values, labels = primals
+  d_values, _ = tangents
+  rival, true_logit, ties = _rival_true_logit_and_ties(values, labels)
+  d_rival, _ = _rival_max_derivative(values, labels, rival, compute(d_values), ties)
+  return ((rival, true_logit, ties),
+          (d_rival, compute(_gather(d_values, labels)), jnp.zeros_like(ties)))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -558,8 +589,12 @@ def _narrow_margin_statistics(values: Array, labels: Array, rival: bool) -> tupl
 @_narrow_margin_statistics.defjvp
 def _narrow_margin_statistics_jvp(rival, primals, tangents):
   (values, labels), (d_values, _) = primals, tangents
-  top, true_logit = _narrow_margin_statistics(values, labels, rival)
   d_wide = compute(d_values)
+  if rival and _native.takes(values):
+    top, true_logit, ties = _rival_true_logit_and_ties(values, labels)
+    d_top, count = _rival_max_derivative(values, labels, top, d_wide, ties)
+    return (with_nan_of(top, count), true_logit), (d_top, _true_class_tangent(labels, d_wide))
+  top, true_logit = _narrow_margin_statistics(values, labels, rival)
   d_top, count = (_rival_max_derivative(values, labels, top, d_wide) if rival
                   else _row_max_derivative(values, top, d_wide))
   return (with_nan_of(top, count), true_logit), (d_top, _true_class_tangent(labels, d_wide))

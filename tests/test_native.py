@@ -63,6 +63,16 @@ def test_rival_and_true_logit_match_numpy(classes, dtype):
   xla_rival, xla_true = jax.jit(_softmax._xla_rival_and_true_logit)(values, labels)
   np.testing.assert_array_equal(np.asarray(rival), np.asarray(xla_rival))
   np.testing.assert_array_equal(np.asarray(true_logit), np.asarray(xla_true))
+  # The derivative's kernel: the same two and the other classes at the rival.
+  *both, ties = jax.jit(lambda v, y: _native.rival_true_logit_and_ties(v, y, None))(values, labels)
+  np.testing.assert_array_equal(np.asarray(both[0]), np.asarray(rival))
+  z = np.asarray(values.astype(jnp.float32))
+  at_rival = z == want_rival.astype(np.float32)[:, None]
+  at_rival[np.arange(rows), np.asarray(labels)] = False
+  want_ties = np.where(want_rival == -np.inf, 0, at_rival.sum(axis=-1))
+  np.testing.assert_array_equal(np.asarray(ties), want_ties)
+  xla_ties = jax.jit(_softmax._xla_rival_true_logit_and_ties)(values, labels)[2]
+  np.testing.assert_array_equal(np.asarray(ties), np.asarray(xla_ties))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -122,8 +132,11 @@ def test_losses_and_gradients_as_xla_computes_them(name, dtype, monkeypatch):
   labels = jnp.asarray(rng.integers(0, 1000, 257), jnp.int32)
   def value_and_grad():
     fn = jax.jit(jax.value_and_grad(lambda v: jnp.sum(loss(v, labels).astype(jnp.float32))))
+    # The derivative's kernel counts the ties too (XLA's form: a pass of its own).
     text = fn.lower(values).as_text()
-    return fn(values), "lossjax_rival_and_true_logit" in text
+    return fn(values), "lossjax_rival_true_logit_and_ties" in text
+  forward = jax.jit(lambda v: loss(v, labels)).lower(values).as_text()
+  assert "lossjax_rival_and_true_logit" in forward and "_and_ties" not in forward
   (native_value, native_grad), native_used = value_and_grad()
   monkeypatch.setenv("LOSSJAX_NATIVE", "0")
   (xla_value, xla_grad), xla_used = value_and_grad()

@@ -46,6 +46,7 @@ _SOURCES = ("margin.cc", "sparsemax.cc")
 _HEADERS = ("rows.h",)
 # FFI target names and the symbols of their handlers.
 _TARGETS = {"lossjax_rival_and_true_logit": "LossjaxRivalAndTrueLogit",
+            "lossjax_rival_true_logit_and_ties": "LossjaxRivalTrueLogitAndTies",
             "lossjax_sparsemax_threshold": "LossjaxSparsemaxThreshold",
             "lossjax_sparsemax_loss_statistics": "LossjaxSparsemaxLossStatistics"}
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
@@ -157,6 +158,18 @@ def rival_and_true_logit(values: Array, labels: Array, xla_form) -> tuple:
   -inf where C = 1; both are NaN for a label outside ``[0, C)``."""
   result = jax.ShapeDtypeStruct(labels.shape, jnp.float32)
   kernel = jax.ffi.ffi_call("lossjax_rival_and_true_logit", (result, result),
+                            vmap_method="broadcast_all")
+  return jax.lax.platform_dependent(
+      values, labels.astype(jnp.int32), cpu=kernel, default=xla_form)
+
+
+def rival_true_logit_and_ties(values: Array, labels: Array, xla_form) -> tuple:
+  """`rival_and_true_logit`'s two and the count of the classes other than
+  the label's at the rival (0 where the rival is -inf, NaN where it is NaN),
+  float32 `[...]` each, for the derivative: from the same pass, the count
+  from the row in cache (`xla_form(values, labels)` off CPU)."""
+  result = jax.ShapeDtypeStruct(labels.shape, jnp.float32)
+  kernel = jax.ffi.ffi_call("lossjax_rival_true_logit_and_ties", (result,) * 3,
                             vmap_method="broadcast_all")
   return jax.lax.platform_dependent(
       values, labels.astype(jnp.int32), cpu=kernel, default=xla_form)
