@@ -2,9 +2,10 @@
 that XLA:CPU's library kernel cannot compute in one pass over the logits.
 
 - `margin.cc`: the margin losses' rival (the max over the classes other than
-  the label's) and the label's logit together. XLA's own form of the rival
-  reads the logits about three times (block maxima, then the label's own
-  block gathered; docs/measurement.md).
+  the label's) and the label's logit together, and for the derivative the
+  count of the classes at the rival. XLA's own form of the rival reads the
+  logits about three times (block maxima, then the label's own block
+  gathered; docs/measurement.md), and counts in a pass of its own.
 - `sparsemax.cc`: sparsemax's threshold, support size and ||p||^2 (and the
   label's logit, for the loss). XLA's own form takes block maxima, an
   insertion network over them and a count.
