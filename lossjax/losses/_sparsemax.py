@@ -50,9 +50,9 @@ def _solve(logits: Array) -> tuple:
   """tau, the support's size |S| and ||p||^2 of each row, `[..., 1]` each.
 
   On CPU, for float32 and bfloat16 logits, by lossjax's own kernel
-  (`lossjax._native`): each row read once from memory, then Michelot's rounds
-  on the logits above its max - 1 alone. Elsewhere by XLA's operations
-  (`_solve_xla`).
+  (`lossjax._native`): each row read once from memory, and tau found from
+  its logits above max - 1 alone (by their ranks, or Michelot's rounds where
+  there are more than 16). Elsewhere by XLA's operations (`_solve_xla`).
   """
   z = jax.lax.stop_gradient(logits)
   parts = _native.sparsemax_threshold(z, _solve_xla) if _native.takes(z) else _solve_xla(z)
