@@ -496,17 +496,27 @@ def _rival_max_derivative(values: Array, labels: Array, rival: Array, d_wide: Ar
   """`rival_max`'s tangent, in the compute dtype, and the count of the
   classes other than the label's at the rival (NaN in a row with a NaN),
   counted here unless given (`_rival_true_logit_and_ties`)."""
-  # A rival of -inf (every other class -inf, or C = 1) has no derivative: a
-  # finite stand-in keeps the indicator finite (the count below is then 0).
-  level = jnp.where(rival == -jnp.inf, 0.0, compute(rival))
-  true_logit = compute(take_class(values, labels))
-  true_at_level = _indicator(true_logit[..., None], level)[..., 0]
+  level, true_at_level = _rival_level(rival, compute(take_class(values, labels)))
   if count is None:
-    # The label's own class, which may tie the rival, taken back out.
-    count = _count_equal(values, level) - true_at_level
+    count = _rival_ties(values, level, true_at_level)
   share = (jnp.sum(_indicator(values, level) * d_wide, axis=-1)
            - true_at_level * _true_class_tangent(labels, d_wide))
   return share / jnp.maximum(count, 1.0), count
+
+
+def _rival_level(rival: Array, true_logit: Array) -> tuple:
+  """The level the rival's derivative compares the logits with, and whether
+  the label's logit lies at it (1 or 0). A rival of -inf (every other class
+  -inf, or C = 1) has no derivative: a finite stand-in keeps the indicator
+  finite (the ties' count is then 0)."""
+  level = jnp.where(rival == -jnp.inf, 0.0, compute(rival))
+  return level, _indicator(true_logit[..., None], level)[..., 0]
+
+
+def _rival_ties(values: Array, level: Array, true_at_level: Array) -> Array:
+  """The classes other than the label's at `level`: the label's own class,
+  which may tie the rival, taken back out of the count."""
+  return _count_equal(values, level) - true_at_level
 
 
 def _true_class_tangent(labels: Array, d_values: Array) -> Array:
@@ -546,11 +556,11 @@ def _xla_rival_and_true_logit(values: Array, labels: Array) -> tuple:
 
 @_rival_and_true_logit.defjvp
 def _rival_and_true_logit_jvp(primals, tangents):
-  values, labels = primals
-  d_values, _ = tangents  # labels are integers: no tangent
-  rival, true_logit, ties = _rival_true_logit_and_ties(values, labels)
-  d_rival, count = _rival_max_derivative(values, labels, rival, compute(d_values), ties)
-  return (with_nan_of(rival, count), true_logit), (d_rival, compute(_gather(d_values, labels)))
+  # The derivative's kernel, which also counts the ties the rival's tangent
+  # divides by.
+  (rival, true_logit, ties), (d_rival, d_true, _) = jax.jvp(
+      _rival_true_logit_and_ties, primals, tangents)
+  return (with_nan_of(rival, ties), true_logit), (d_rival, d_true)
 
 
 @jax.custom_jvp
@@ -566,9 +576,7 @@ def _rival_true_logit_and_ties(values: Array, labels: Array) -> tuple:
 
 def _xla_rival_true_logit_and_ties(values: Array, labels: Array) -> tuple:
   rival, true_logit = _xla_rival_and_true_logit(values, labels)
-  level = jnp.where(rival == -jnp.inf, 0.0, rival)
-  ties = _count_equal(values, level) - _indicator(true_logit[..., None], level)[..., 0]
-  return rival, true_logit, ties
+  return rival, true_logit, _rival_ties(values, *_rival_level(rival, true_logit))
 
 
 @_rival_true_logit_and_ties.defjvp

@@ -149,6 +149,16 @@ def takes(values: Array) -> bool:
           and _registered())
 
 
+def _by_kernel(target: str, outputs: int, xla_form, values: Array, *labels: Array) -> tuple:
+  """`outputs` float32 `[...]` row statistics of `values` `[..., C]` (and
+  int32 `labels` `[...]`), by the FFI `target` on CPU and by
+  ``xla_form(values, *labels)`` elsewhere."""
+  result = jax.ShapeDtypeStruct(values.shape[:-1], jnp.float32)
+  kernel = jax.ffi.ffi_call(target, (result,) * outputs, vmap_method="broadcast_all")
+  return jax.lax.platform_dependent(
+      values, *(y.astype(jnp.int32) for y in labels), cpu=kernel, default=xla_form)
+
+
 def rival_and_true_logit(values: Array, labels: Array, xla_form) -> tuple:
   """``(max over the classes other than the label's, the label's logit)``,
   float32 `[...]` each, from `[..., C]` float32 or bfloat16 logits and
@@ -157,11 +167,7 @@ def rival_and_true_logit(values: Array, labels: Array, xla_form) -> tuple:
 
   The rival is NaN in a row where a class other than the label's is NaN and
   -inf where C = 1; both are NaN for a label outside ``[0, C)``."""
-  result = jax.ShapeDtypeStruct(labels.shape, jnp.float32)
-  kernel = jax.ffi.ffi_call("lossjax_rival_and_true_logit", (result, result),
-                            vmap_method="broadcast_all")
-  return jax.lax.platform_dependent(
-      values, labels.astype(jnp.int32), cpu=kernel, default=xla_form)
+  return _by_kernel("lossjax_rival_and_true_logit", 2, xla_form, values, labels)
 
 
 def rival_true_logit_and_ties(values: Array, labels: Array, xla_form) -> tuple:
@@ -169,11 +175,7 @@ def rival_true_logit_and_ties(values: Array, labels: Array, xla_form) -> tuple:
   the label's at the rival (0 where the rival is -inf, NaN where it is NaN),
   float32 `[...]` each, for the derivative: from the same pass, the count
   from the row in cache (`xla_form(values, labels)` off CPU)."""
-  result = jax.ShapeDtypeStruct(labels.shape, jnp.float32)
-  kernel = jax.ffi.ffi_call("lossjax_rival_true_logit_and_ties", (result,) * 3,
-                            vmap_method="broadcast_all")
-  return jax.lax.platform_dependent(
-      values, labels.astype(jnp.int32), cpu=kernel, default=xla_form)
+  return _by_kernel("lossjax_rival_true_logit_and_ties", 3, xla_form, values, labels)
 
 
 def sparsemax_threshold(values: Array, xla_form) -> tuple:
@@ -183,18 +185,11 @@ def sparsemax_threshold(values: Array, xla_form) -> tuple:
 
   tau solves sum_c relu(z_c - tau) = 1, S = {c : z_c > tau} and p =
   relu(z - tau); all three are NaN in a row with a NaN or an infinite max."""
-  result = jax.ShapeDtypeStruct(values.shape[:-1], jnp.float32)
-  kernel = jax.ffi.ffi_call("lossjax_sparsemax_threshold", (result,) * 3,
-                            vmap_method="broadcast_all")
-  return jax.lax.platform_dependent(values, cpu=kernel, default=xla_form)
+  return _by_kernel("lossjax_sparsemax_threshold", 3, xla_form, values)
 
 
 def sparsemax_loss_statistics(values: Array, labels: Array, xla_form) -> tuple:
   """`sparsemax_threshold`'s three and the label's logit, float32 `[...]`
   each, from one pass (`xla_form(values, labels)` off CPU). The label's
   logit is NaN for a label outside ``[0, C)``."""
-  result = jax.ShapeDtypeStruct(labels.shape, jnp.float32)
-  kernel = jax.ffi.ffi_call("lossjax_sparsemax_loss_statistics", (result,) * 4,
-                            vmap_method="broadcast_all")
-  return jax.lax.platform_dependent(values, labels.astype(jnp.int32), cpu=kernel,
-                                    default=xla_form)
+  return _by_kernel("lossjax_sparsemax_loss_statistics", 4, xla_form, values, labels)

@@ -91,20 +91,25 @@ void Rows(const T* logits, const int32_t* labels, float* rival, float* true_logi
   }
 }
 
-ffi::Error RivalAndTrueLogit(ffi::ThreadPool pool, ffi::AnyBuffer logits,
-                             ffi::Buffer<ffi::S32> labels, ffi::ResultBuffer<ffi::F32> rival,
-                             ffi::ResultBuffer<ffi::F32> true_logit) {
+// The handlers' shared body; `ties` null where the count is not asked for.
+ffi::Error Margins(ffi::ThreadPool& pool, const ffi::AnyBuffer& logits,
+                   const ffi::Buffer<ffi::S32>& labels, float* rival, float* true_logit,
+                   float* ties) {
   int64_t rows, columns;
   if (auto error = RowsAndColumns(logits, labels.element_count(), rows, columns); error.failure())
     return error;
   const int32_t* y = labels.typed_data();
-  float* r = rival->typed_data();
-  float* t = true_logit->typed_data();
   return WithLogits(logits, [&](auto z) {
     ForRowChunks(pool, rows, columns, [=](int64_t first, int64_t last) {
-      Rows(z, y, r, t, static_cast<float*>(nullptr), first, last, columns);
+      Rows(z, y, rival, true_logit, ties, first, last, columns);
     });
   });
+}
+
+ffi::Error RivalAndTrueLogit(ffi::ThreadPool pool, ffi::AnyBuffer logits,
+                             ffi::Buffer<ffi::S32> labels, ffi::ResultBuffer<ffi::F32> rival,
+                             ffi::ResultBuffer<ffi::F32> true_logit) {
+  return Margins(pool, logits, labels, rival->typed_data(), true_logit->typed_data(), nullptr);
 }
 
 // The same and the ties, for the derivative (a count of its own over the
@@ -113,16 +118,8 @@ ffi::Error RivalTrueLogitAndTies(ffi::ThreadPool pool, ffi::AnyBuffer logits,
                                  ffi::Buffer<ffi::S32> labels, ffi::ResultBuffer<ffi::F32> rival,
                                  ffi::ResultBuffer<ffi::F32> true_logit,
                                  ffi::ResultBuffer<ffi::F32> ties) {
-  int64_t rows, columns;
-  if (auto error = RowsAndColumns(logits, labels.element_count(), rows, columns); error.failure())
-    return error;
-  const int32_t* y = labels.typed_data();
-  float *r = rival->typed_data(), *t = true_logit->typed_data(), *n = ties->typed_data();
-  return WithLogits(logits, [&](auto z) {
-    ForRowChunks(pool, rows, columns, [=](int64_t first, int64_t last) {
-      Rows(z, y, r, t, n, first, last, columns);
-    });
-  });
+  return Margins(pool, logits, labels, rival->typed_data(), true_logit->typed_data(),
+                 ties->typed_data());
 }
 
 }  // namespace

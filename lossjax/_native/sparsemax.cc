@@ -329,20 +329,25 @@ void Rows(const T* logits, const int32_t* labels, float* tau, float* support, fl
   }
 }
 
-// The threshold alone (sparsemax's projection): `labels` and `true_logit`
-// null.
-ffi::Error Threshold(ffi::ThreadPool pool, ffi::AnyBuffer logits, ffi::ResultBuffer<ffi::F32> tau,
-                     ffi::ResultBuffer<ffi::F32> support, ffi::ResultBuffer<ffi::F32> squares) {
+// The handlers' shared body: `labels` and `true_logit` null for the
+// threshold alone (sparsemax's projection).
+ffi::Error Solve(ffi::ThreadPool& pool, const ffi::AnyBuffer& logits, const int32_t* labels,
+                 size_t rows_given, float* tau, float* support, float* squares,
+                 float* true_logit) {
   int64_t rows, columns;
-  if (auto error = RowsAndColumns(logits, tau->element_count(), rows, columns); error.failure())
+  if (auto error = RowsAndColumns(logits, rows_given, rows, columns); error.failure())
     return error;
-  float *t = tau->typed_data(), *n = support->typed_data(), *s = squares->typed_data();
   return WithLogits(logits, [&](auto z) {
     ForRowChunks(pool, rows, columns, [=](int64_t first, int64_t last) {
-      Rows(z, static_cast<const int32_t*>(nullptr), t, n, s, static_cast<float*>(nullptr), first,
-           last, columns);
+      Rows(z, labels, tau, support, squares, true_logit, first, last, columns);
     });
   });
+}
+
+ffi::Error Threshold(ffi::ThreadPool pool, ffi::AnyBuffer logits, ffi::ResultBuffer<ffi::F32> tau,
+                     ffi::ResultBuffer<ffi::F32> support, ffi::ResultBuffer<ffi::F32> squares) {
+  return Solve(pool, logits, nullptr, tau->element_count(), tau->typed_data(),
+               support->typed_data(), squares->typed_data(), nullptr);
 }
 
 // The loss's statistics: the threshold's and the label's logit (NaN for a
@@ -351,17 +356,8 @@ ffi::Error LossStatistics(ffi::ThreadPool pool, ffi::AnyBuffer logits,
                           ffi::Buffer<ffi::S32> labels, ffi::ResultBuffer<ffi::F32> tau,
                           ffi::ResultBuffer<ffi::F32> support, ffi::ResultBuffer<ffi::F32> squares,
                           ffi::ResultBuffer<ffi::F32> true_logit) {
-  int64_t rows, columns;
-  if (auto error = RowsAndColumns(logits, labels.element_count(), rows, columns); error.failure())
-    return error;
-  const int32_t* y = labels.typed_data();
-  float *t = tau->typed_data(), *n = support->typed_data(), *s = squares->typed_data();
-  float* truth = true_logit->typed_data();
-  return WithLogits(logits, [&](auto z) {
-    ForRowChunks(pool, rows, columns, [=](int64_t first, int64_t last) {
-      Rows(z, y, t, n, s, truth, first, last, columns);
-    });
-  });
+  return Solve(pool, logits, labels.typed_data(), labels.element_count(), tau->typed_data(),
+               support->typed_data(), squares->typed_data(), true_logit->typed_data());
 }
 
 }  // namespace

@@ -396,7 +396,12 @@ def _loss_of(logits: Array, labels: Array, tau: Array, squares: Array) -> Array:
   p = relu(z - tau) summing to 1, sum_c p_c (z_c - z_y) = ||p||^2 + tau - z_y,
   so the loss is ||p||^2 / 2 + tau - z_y + 1/2."""
   true_logit = _softmax.take_class(logits, labels).astype(tau.dtype)
-  return 0.5 * squares[..., 0] + tau[..., 0] - true_logit + 0.5
+  return _loss_of_statistics(tau[..., 0], squares[..., 0], true_logit)
+
+
+def _loss_of_statistics(tau: Array, squares: Array, true_logit: Array) -> Array:
+  """`_loss_of` from the row statistics, `[...]` each."""
+  return 0.5 * squares + tau - true_logit + 0.5
 
 
 @jax.custom_jvp
@@ -406,7 +411,7 @@ def _fenchel_young(logits: Array, labels: Array) -> Array:
   if _native.takes(logits):
     tau, _, squares, true_logit = _native.sparsemax_loss_statistics(
         logits, labels, _xla_loss_statistics)
-    return 0.5 * squares + tau - true_logit + 0.5
+    return _loss_of_statistics(tau, squares, true_logit)
   return _loss_of(logits, labels, *_threshold_and_squares(logits))
 
 
