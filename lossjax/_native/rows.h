@@ -132,8 +132,8 @@ inline int64_t AddBulk(const float* z, int64_t n, RunningMax& acc) {
 // bfloat16 as 32-bit words, two values each: the low halves shifted up and
 // the high halves masked are two vectors of float32 (a max needs no order).
 // One core's loads alone fall short of its share of the memory bandwidth
-// here; prefetching 8 KiB ahead measured 1.06-1.08x the read against
-// 1.19-1.28x without (65536x1000; float32's loop gained nothing from it).
+// here; prefetching 8 KiB ahead brings them near a read's speed (float32's
+// loop gained nothing from it; docs/measurement.md).
 constexpr int64_t kPrefetchAhead = 4096;  // bfloat16 values
 
 inline int64_t AddBulk(const uint16_t* z, int64_t n, RunningMax& acc) {

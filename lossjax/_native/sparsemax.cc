@@ -70,10 +70,9 @@ constexpr int64_t kOnePassFrom = 4096;
 // The logits of row[0, columns) above `level`, written to `out` (room for
 // `columns` + kLanes values); returns how many. With AVX-512, each vector's
 // lanes above the level are compressed to its front and the whole vector
-// stored (a row's few candidates lie at random places: a branch on each
-// vector mispredicted, and the kernel took twice a read's time); elsewhere
-// a vector compare, then the rare vectors with any such lane one value at a
-// time.
+// stored (a row's few candidates lie at random places, and a branch on
+// each vector mispredicts: docs/measurement.md); elsewhere a vector
+// compare, then the rare vectors with any such lane one value at a time.
 template <typename T>
 int64_t Above(const T* row, int64_t columns, float level, float* out) {
   int64_t count = 0, c = 0;
@@ -246,10 +245,9 @@ inline Solution Michelot(const float* candidates, int64_t taken, float top) {
 // 1 + r c > the sum of the r largest, |S| is the largest such r, and the
 // support is the values of rank <= |S|. Each lane's rank and sum come from
 // all lanes at once, a compare and two masked adds for each lane in turn
-// (the rounds wait on one another, a division each: in cache, at 4096x1000
-// bfloat16, they took 0.14 ms of a 0.47 ms call, this 0.06-0.07). The sums
-// are float32, relative to m, of values in [-1, 0]; the lanes past the
-// candidates are -inf and never count.
+// (the rounds wait on one another, a division each: docs/measurement.md).
+// The sums are float32, relative to m, of values in [-1, 0]; the lanes past
+// the candidates are -inf and never count.
 inline Solution FewCandidates(const float* candidates, int64_t taken, float top) {
   const __mmask16 valid = __mmask16((1u << taken) - 1);
   const __m512 raw = _mm512_maskz_loadu_ps(valid, candidates);
