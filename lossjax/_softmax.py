@@ -634,10 +634,54 @@ def class_statistics(logits: Array, labels: Array, row_sum: bool = False) -> tup
   return _statistics(logits, labels, row_sum)
 
 
+# From this many classes on, the softmax losses' row statistics come from
+# lossjax's CPU kernel (`_native_statistics`): on shorter rows its fixed cost
+# a row (two passes, the lanes' reductions) outweighs its faster exponential
+# (docs/measurement.md).
+NATIVE_FROM_CLASSES = 256
+
+
+def native_statistics_pay(logits: Array) -> bool:
+  """Whether `logits` take lossjax's CPU kernel for the softmax statistics
+  (static): rows of `NATIVE_FROM_CLASSES` or more, and `_native.takes`."""
+  return logits.shape[-1] >= NATIVE_FROM_CLASSES and _native.takes(logits)
+
+
 def _statistics(logits: Array, labels: Array, row_sum: bool) -> tuple:
+  if native_statistics_pay(logits):
+    return _native_statistics(logits, labels, row_sum)
+  return _xla_statistics(logits, labels, row_sum)
+
+
+def _xla_statistics(logits: Array, labels: Array, row_sum: bool) -> tuple:
   true_logit = take_class(logits, labels)
   values = (compute(true_logit), log_normalizer(logits, shift=true_logit))
   return values + (row_sum_apart(logits),) if row_sum else values
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _native_statistics(logits: Array, labels: Array, row_sum: bool) -> tuple:
+  """`_xla_statistics`' values from one pass over the logits on CPU
+  (`lossjax._native`: XLA:CPU takes the row sum in a pass of its own, and
+  its exponential runs slower), and from XLA's operations elsewhere. The
+  log-normaliser is relative to the row max, which the kernel takes from the
+  row in cache."""
+  def finish(true_logit, row_max, sums, *rest):
+    return (true_logit, row_max + jnp.log(sums), *rest)
+  return _native.softmax_statistics(
+      logits, labels, functools.partial(_xla_statistics, row_sum=row_sum),
+      extra="row_sum" if row_sum else None, finish=finish)
+
+
+@_native_statistics.defjvp
+def _native_statistics_jvp(row_sum, primals, tangents):
+  # Each statistic's own tangent, as `_xla_statistics` takes them.
+  (logits, labels), (d_logits, _) = primals, tangents
+  values = _native_statistics(logits, labels, row_sum)
+  d_wide = compute(d_logits)
+  d_true = jax.jvp(lambda v: take_class(v, labels), (logits,), (d_logits,))[1]
+  d_values = (compute(d_true), _log_normalizer_tangent(logits, values[1], d_wide))
+  return values, d_values + (jnp.sum(d_wide, axis=-1),) if row_sum else d_values
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))

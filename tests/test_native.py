@@ -1,5 +1,6 @@
 """lossjax's native CPU kernels (`lossjax._native`): the margin losses' rival
-and true logit, and sparsemax's threshold, against NumPy, in the shapes that
+and true logit, the softmax losses' row statistics, and sparsemax's
+threshold, against NumPy, in the shapes that
 take each of their paths (and again built without AVX-512), and their
 build: cached, and a clear warning with XLA's numbers where it fails."""
 
@@ -144,6 +145,146 @@ def test_losses_and_gradients_as_xla_computes_them(name, dtype, monkeypatch):
   assert float(native_value) == float(xla_value)
   np.testing.assert_array_equal(np.asarray(native_grad.astype(jnp.float32)),
                                 np.asarray(xla_grad.astype(jnp.float32)))
+
+
+def _softmax_reference(values, labels):
+  """The true logit, row max, sum exp(z - max), sum exp(2 (z - max)) and
+  sum z of each row, in float64 (NaN for a label outside the row)."""
+  z = np.asarray(values.astype(jnp.float32), np.float64)
+  y = np.asarray(labels)
+  inside = (y >= 0) & (y < z.shape[-1])
+  true_logit = np.where(inside, z[np.arange(z.shape[0]), np.clip(y, 0, z.shape[-1] - 1)], np.nan)
+  top = z.max(axis=-1)
+  with np.errstate(invalid="ignore"):
+    exps = np.exp(z - top[:, None])
+  return true_logit, top, exps.sum(-1), np.square(exps).sum(-1), z.sum(-1)
+
+
+def _softmax_kernel(values, labels, extra):
+  assert _native.takes(values), "the native kernel did not build (see the warning)"
+  return jax.jit(lambda v, y: _native.softmax_statistics(v, y, None, extra=extra))(values, labels)
+
+
+def _assert_softmax_statistics(values, labels, rtol=2e-6):
+  true_logit, top, sums, squares, row_sums = _softmax_reference(values, labels)
+  got = _softmax_kernel(values, labels, None)
+  np.testing.assert_array_equal(np.asarray(got[0]), true_logit.astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(got[1]), top.astype(np.float32))
+  np.testing.assert_allclose(np.asarray(got[2]), sums, rtol=rtol)
+  with_squares = _softmax_kernel(values, labels, "squares")
+  for a, b in zip(with_squares[:3], got):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_allclose(np.asarray(with_squares[3]), squares, rtol=rtol)
+  with_row_sum = _softmax_kernel(values, labels, "row_sum")
+  for a, b in zip(with_row_sum[:3], got):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # A sum of values of both signs: its error is relative to the sum of
+  # magnitudes (and an infinite sum exact).
+  got, finite = np.asarray(with_row_sum[3]), np.isfinite(row_sums)
+  np.testing.assert_array_equal(got[~finite], row_sums[~finite])
+  scale = np.abs(np.asarray(values.astype(jnp.float32), np.float64)[finite]).sum(-1)
+  np.testing.assert_array_less(np.abs(got[finite] - row_sums[finite]), 1e-6 * scale + 1e-30)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("classes", CLASSES + (4096, 32000))
+def test_softmax_statistics_match_numpy(classes, dtype):
+  rng = np.random.default_rng(classes + 7)
+  rows = max(3, min(3 * classes + 7, 2 ** 20 // classes))
+  # Spreads from ties to logits 40 apart, where most exponentials underflow
+  # the least normal float32 (the kernel's exponential stops there).
+  values = jnp.asarray(rng.standard_normal((rows, classes)) * rng.choice([0.0, 1.0, 8.0, 40.0],
+                                                                         (rows, 1)), dtype)
+  labels = jnp.asarray(np.arange(rows) % classes, jnp.int32)
+  _assert_softmax_statistics(values, labels)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("classes", (5, 17, 1000))
+def test_softmax_statistics_of_non_finite_rows(classes, dtype):
+  rng = np.random.default_rng(3)
+  values = np.array(rng.standard_normal((8, classes)), np.float32)
+  labels = np.array([0, 1, 2, 3, 4, 0, 1, 2]) % classes
+  values[0, classes - 1] = np.nan       # NaN: max and sums NaN
+  values[1, :] = -np.inf                # only -inf: a NaN sum (inf - inf)
+  values[2, 0] = np.inf                 # +inf: a NaN sum
+  values[3, :] = -np.inf                # -inf beside finite logits: exp 0
+  values[3, labels[3]] = 2.0
+  values[4, :] = 3e34                   # large logits, one near float32's largest:
+  values[4, 1] = 3e38                   # no exponential overflows
+  values[5, :] = -3e34
+  values[6, :] = 0.0                    # all tied
+  values[7, 0] = -100.0                 # an exponential below the least normal
+  values, labels = jnp.asarray(values, dtype), jnp.asarray(labels, jnp.int32)
+  for extra in (None, "squares", "row_sum"):
+    true_logit, top, sums, *rest = (np.asarray(v) for v in _softmax_kernel(values, labels, extra))
+    assert np.isnan([top[0], sums[0], *(r[0] for r in rest)]).all()
+    assert np.isfinite(true_logit[0])
+    assert top[1] == -np.inf and top[2] == np.inf and np.isnan(sums[1:3]).all()
+    if extra == "squares":
+      assert np.isnan(rest[0][1:3]).all()
+    if extra == "row_sum":
+      np.testing.assert_array_equal(rest[0][1:3], [-np.inf, np.inf])
+  _assert_softmax_statistics(values[3:], labels[3:])
+  true_logit, *_ = _softmax_kernel(values[:1], jnp.array([classes], jnp.int32), None)
+  assert np.isnan(np.asarray(true_logit)).all()  # a label outside the row
+
+
+# The registry's softmax losses (label smoothing: the kernel's row sum; Brier:
+# its squares).
+SOFTMAX_LOSSES = ("cross_entropy", "label_smoothing", "focal", "poly1", "gce", "mae", "brier")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", SOFTMAX_LOSSES)
+def test_softmax_losses_and_gradients_as_xla_computes_them(name, dtype, monkeypatch):
+  # Through the kernel and through XLA's own operations (LOSSJAX_NATIVE=0):
+  # the same values and gradients, to the exponentials' rounding.
+  loss = lossjax.losses.spec(name).bind()
+  rng = np.random.default_rng(4)
+  values = jnp.asarray(rng.standard_normal((257, 1000)) * 4, dtype)
+  labels = jnp.asarray(rng.integers(0, 1000, 257), jnp.int32)
+  def value_and_grad():
+    fn = jax.jit(jax.value_and_grad(lambda v: jnp.sum(loss(v, labels).astype(jnp.float32))))
+    return fn(values), "lossjax_softmax_statistics" in fn.lower(values).as_text()
+  (native_value, native_grad), native_used = value_and_grad()
+  monkeypatch.setenv("LOSSJAX_NATIVE", "0")
+  (xla_value, xla_grad), xla_used = value_and_grad()
+  assert native_used and not xla_used
+  np.testing.assert_allclose(float(native_value), float(xla_value), rtol=2e-6)
+  np.testing.assert_allclose(np.asarray(native_grad.astype(jnp.float32)),
+                             np.asarray(xla_grad.astype(jnp.float32)),
+                             rtol=1e-2 if dtype == jnp.bfloat16 else 2e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ("cross_entropy", "label_smoothing", "brier"))
+def test_softmax_losses_second_derivatives_as_xla_computes_them(name, monkeypatch):
+  # Hessian-vector products through the kernel's derivative rules (Brier's
+  # terms have one of their own) and through XLA's operations.
+  loss = lossjax.losses.spec(name).bind()
+  rng = np.random.default_rng(5)
+  values = jnp.asarray(rng.standard_normal((33, 300)) * 3, jnp.float32)
+  direction = jnp.asarray(rng.standard_normal((33, 300)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 300, 33), jnp.int32)
+  def hessian_times_direction():
+    grad = jax.grad(lambda v: jnp.sum(loss(v, labels)))
+    fn = jax.jit(lambda v: jax.jvp(grad, (v,), (direction,))[1])
+    return fn(values), "lossjax_softmax_statistics" in fn.lower(values).as_text()
+  native, native_used = hessian_times_direction()
+  monkeypatch.setenv("LOSSJAX_NATIVE", "0")
+  xla, xla_used = hessian_times_direction()
+  assert native_used and not xla_used
+  np.testing.assert_allclose(np.asarray(native), np.asarray(xla), rtol=1e-4, atol=1e-6)
+
+
+def test_short_rows_take_xla_operations():
+  # Below NATIVE_FROM_CLASSES the kernel's fixed cost a row outweighs it.
+  short = jnp.zeros((8, _softmax.NATIVE_FROM_CLASSES - 1))
+  labels = jnp.zeros(8, jnp.int32)
+  loss = lossjax.losses.spec("cross_entropy").bind()
+  assert "lossjax_softmax" not in jax.jit(loss).lower(short, labels).as_text()
+  wide = jnp.zeros((8, _softmax.NATIVE_FROM_CLASSES))
+  assert "lossjax_softmax_statistics" in jax.jit(loss).lower(wide, labels).as_text()
 
 
 def test_build_is_cached(tmp_path, monkeypatch):
@@ -291,13 +432,14 @@ def test_export_for_cpu_takes_xla_operations(monkeypatch):
   # jax.export refuses custom calls without a compatibility guarantee: the
   # guide's way out, LOSSJAX_NATIVE=0, exports the same numbers.
   values, labels = jnp.arange(40.0).reshape(4, 10) % 7, jnp.arange(4, dtype=jnp.int32)
-  program = jax.jit(lambda v, y: (lossjax.multiclass_hinge_loss(v, y),
-                                  lossjax.multiclass_sparsemax_loss(v, y)))
+  def losses(v, y):
+    return (lossjax.multiclass_hinge_loss(v, y), lossjax.multiclass_sparsemax_loss(v, y),
+            lossjax.softmax_cross_entropy_with_integer_labels(v, y))
   with pytest.raises(ValueError, match="custom calls"):
-    jax.export.export(program)(values, labels)
-  native = program(values, labels)
+    jax.export.export(jax.jit(losses))(values, labels)
+  native = jax.jit(losses)(values, labels)
   monkeypatch.setenv("LOSSJAX_NATIVE", "0")
-  exported = jax.export.export(jax.jit(lambda v, y: (lossjax.multiclass_hinge_loss(v, y),
-                                                     lossjax.multiclass_sparsemax_loss(v, y))))
+  # A new function: jit's cache would give back the trace with the kernels.
+  exported = jax.export.export(jax.jit(lambda v, y: losses(v, y)))
   for got, want in zip(exported(values, labels).call(values, labels), native):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)

@@ -6,6 +6,10 @@ that XLA:CPU's library kernel cannot compute in one pass over the logits.
   count of the classes at the rival. XLA's own form of the rival reads the
   logits about three times (block maxima, then the label's own block
   gathered; docs/measurement.md), and counts in a pass of its own.
+- `softmax.cc`: the softmax losses' row max, sum of exponentials and label's
+  logit (and Brier's sum of squared exponentials, or label smoothing's row
+  sum): XLA:CPU takes each row sum in a pass of its own, and its
+  exponential is the slower (docs/measurement.md).
 - `sparsemax.cc`: sparsemax's threshold, support size and ||p||^2 (and the
   label's logit, for the loss). XLA's own form takes block maxima, an
   insertion network over them and a count.
@@ -18,7 +22,8 @@ The kernels are compiled on first use with the machine's C++ compiler
 into ``$LOSSJAX_CACHE/native`` (default ``~/.cache/lossjax/native``), one
 library per source, jaxlib and processor, and then loaded from there. Where
 they cannot be built (no compiler, no JAX FFI headers), lossjax warns once and
-computes the same numbers with XLA's own operations; ``LOSSJAX_NATIVE=0``
+computes the same numbers with XLA's own operations (the softmax statistics to
+float32 rounding); ``LOSSJAX_NATIVE=0``
 chooses that without trying. Other platforms (GPU, TPU) always take XLA's
 operations (``jax.lax.platform_dependent``).
 """
@@ -43,11 +48,14 @@ import jaxlib
 Array = jax.Array
 
 _FOLDER = pathlib.Path(__file__).parent
-_SOURCES = ("margin.cc", "sparsemax.cc")
+_SOURCES = ("margin.cc", "softmax.cc", "sparsemax.cc")
 _HEADERS = ("rows.h",)
 # FFI target names and the symbols of their handlers.
 _TARGETS = {"lossjax_rival_and_true_logit": "LossjaxRivalAndTrueLogit",
             "lossjax_rival_true_logit_and_ties": "LossjaxRivalTrueLogitAndTies",
+            "lossjax_softmax_statistics": "LossjaxSoftmaxStatistics",
+            "lossjax_softmax_statistics_and_squares": "LossjaxSoftmaxStatisticsAndSquares",
+            "lossjax_softmax_statistics_and_row_sum": "LossjaxSoftmaxStatisticsAndRowSum",
             "lossjax_sparsemax_threshold": "LossjaxSparsemaxThreshold",
             "lossjax_sparsemax_loss_statistics": "LossjaxSparsemaxLossStatistics"}
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
@@ -135,8 +143,9 @@ def _registered() -> bool:
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
                                   platform="cpu")
   except (BuildError, OSError, AttributeError) as error:
-    warnings.warn(f"lossjax: its CPU kernels could not be built, so the margin and sparsemax "
-                  f"losses use XLA's slower operations (same numbers). {error}", RuntimeWarning,
+    warnings.warn(f"lossjax: its CPU kernels could not be built, so the softmax, margin and "
+                  f"sparsemax losses use XLA's slower operations (same numbers). {error}",
+                  RuntimeWarning,
                   stacklevel=3)
     return False
   return True
@@ -149,14 +158,17 @@ def takes(values: Array) -> bool:
           and _registered())
 
 
-def _by_kernel(target: str, outputs: int, xla_form, values: Array, *labels: Array) -> tuple:
+def _by_kernel(target: str, outputs: int, xla_form, values: Array, *labels: Array,
+               finish=None) -> tuple:
   """`outputs` float32 `[...]` row statistics of `values` `[..., C]` (and
-  int32 `labels` `[...]`), by the FFI `target` on CPU and by
-  ``xla_form(values, *labels)`` elsewhere."""
+  int32 `labels` `[...]`), by the FFI `target` on CPU, passed through
+  ``finish(*statistics)`` where given, and by ``xla_form(values, *labels)``
+  elsewhere."""
   result = jax.ShapeDtypeStruct(values.shape[:-1], jnp.float32)
   kernel = jax.ffi.ffi_call(target, (result,) * outputs, vmap_method="broadcast_all")
+  on_cpu = kernel if finish is None else lambda *args: finish(*kernel(*args))
   return jax.lax.platform_dependent(
-      values, *(y.astype(jnp.int32) for y in labels), cpu=kernel, default=xla_form)
+      values, *(y.astype(jnp.int32) for y in labels), cpu=on_cpu, default=xla_form)
 
 
 def rival_and_true_logit(values: Array, labels: Array, xla_form) -> tuple:
@@ -176,6 +188,29 @@ def rival_true_logit_and_ties(values: Array, labels: Array, xla_form) -> tuple:
   float32 `[...]` each, for the derivative: from the same pass, the count
   from the row in cache (`xla_form(values, labels)` off CPU)."""
   return _by_kernel("lossjax_rival_true_logit_and_ties", 3, xla_form, values, labels)
+
+
+def softmax_statistics(values: Array, labels: Array, xla_form, extra: str | None = None,
+                       finish=None) -> tuple:
+  """``(the label's logit, the row max m, sum_c exp(z_c - m))``, float32
+  `[...]` each, from `[..., C]` float32 or bfloat16 logits and `[...]`
+  labels, in one pass over the logits from memory, and after them
+  ``sum_c exp(2 (z_c - m))`` where `extra` is ``"squares"`` or ``sum_c z_c``
+  where it is ``"row_sum"``; passed through ``finish(*statistics)`` where
+  given. By the native kernel on CPU and by ``xla_form(values, labels)``
+  elsewhere (which returns what `finish` does). Call it only where
+  `takes(values)`.
+
+  A NaN in a row makes its max and sums NaN; a row holding +inf, or only
+  -inf, has a NaN sum of exponentials (inf - inf), as ``m + log sum exp(z -
+  m)`` in XLA's operations. The label's logit is NaN for a label outside
+  ``[0, C)``."""
+  targets = {None: ("lossjax_softmax_statistics", 3),
+             "squares": ("lossjax_softmax_statistics_and_squares", 4),
+             "row_sum": ("lossjax_softmax_statistics_and_row_sum", 4)}
+  if extra not in targets:
+    raise ValueError(f"`extra` must be None, 'squares' or 'row_sum', got {extra!r}.")
+  return _by_kernel(*targets[extra], xla_form, values, labels, finish=finish)
 
 
 def sparsemax_threshold(values: Array, xla_form) -> tuple:

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from lossjax import _checks
+from lossjax import _native
 from lossjax import _softmax
 from lossjax.losses import _prepare
 
@@ -112,7 +113,45 @@ def brier_loss(logits, labels, *, axis: int = -1, where=None) -> Array:
 
 
 def _brier_terms(stored: Array, labels: Array):
-  """Each row's shift c, sum_c exp(z_c - c), log p_y and sum_c p_c^2.
+  """Each row's shift c (`[..., 1]`), sum_c exp(z_c - c), log p_y and sum_c
+  p_c^2: on CPU, for rows of `_softmax.NATIVE_FROM_CLASSES` or more, from
+  lossjax's kernel (`lossjax._native`; c the row max, both sums from one
+  exponential per logit, one pass over the logits from memory), elsewhere
+  `_xla_brier_terms`."""
+  if not _softmax.native_statistics_pay(stored):
+    return _xla_brier_terms(stored, labels)
+  return _native_brier_terms(stored, labels)
+
+
+@jax.custom_jvp
+def _native_brier_terms(stored: Array, labels: Array):
+  def finish(true_logit, row_max, sums, squares):
+    log_p_y = true_logit - row_max - jnp.log(sums)
+    return row_max[..., None], sums, log_p_y, squares / jnp.square(sums)
+  return _native.softmax_statistics(stored, labels, _xla_brier_terms, extra="squares",
+                                    finish=finish)
+
+
+@_native_brier_terms.defjvp
+def _native_brier_terms_jvp(primals, tangents):
+  # Differentiated only for second derivatives (`_brier`'s own rule calls
+  # the terms undifferentiated). The shift, the row max, has no derivative
+  # (as `_xla_brier_terms`' stop_gradient); with p = exp(z - c) / s:
+  # d s = sum_c s p_c dz_c, d log p_y = dz_y - sum_c p_c dz_c and
+  # d sum_c p_c^2 = 2 sum_c p_c^2 dz_c - 2 sum_c p_c^2 sum_c p_c dz_c.
+  (stored, labels), (d_stored, _) = primals, tangents
+  shift, sums, log_p_y, squares = terms = _native_brier_terms(stored, labels)
+  probs = jnp.exp(_softmax.compute(stored) - shift) / sums[..., None]
+  d_wide = _softmax.compute(d_stored)
+  mean = jnp.sum(probs * d_wide, axis=-1)
+  d_terms = (jnp.zeros_like(shift), sums * mean,
+             _softmax.take_class(d_wide, labels) - mean,
+             2.0 * (jnp.sum(jnp.square(probs) * d_wide, axis=-1) - squares * mean))
+  return terms, d_terms
+
+
+def _xla_brier_terms(stored: Array, labels: Array):
+  """`_brier_terms` in XLA's operations.
 
   On CPU the shift is the true class's logit (as the softmax losses'
   `_softmax.shifted_log_normalizer`: no pass for a row max; elsewhere, and

@@ -1,0 +1,232 @@
+// The softmax losses' row statistics in one pass over the logits from
+// memory: the row max m, sum_c exp(z_c - m), the label's own logit, and where
+// a loss asks for them sum_c exp(2 (z_c - m)) (Brier's sum of squared
+// probabilities) or sum_c z_c (label smoothing's). XLA:CPU takes each row sum
+// in a pass of its own over the logits and cannot take two sums of one
+// exponential in one (docs/measurement.md); here the row is read from memory
+// once for its max and then again from the cache for the sums.
+//
+// XLA FFI handlers (lossjax/_native/__init__.py builds and registers them):
+//   logits [..., C] float32 or bfloat16, labels [...] int32
+//   -> true_logit, max, sum_c exp(z_c - max) [...] float32 each
+//      (and sum_c exp(2 (z_c - max)), or sum_c z_c)
+// The statistics follow the plain formulas: a NaN anywhere in a row makes its
+// max and sums NaN, a row with +inf (or only -inf) has a NaN sum of
+// exponentials (inf - inf), as XLA's own `max + log sum exp(z - max)`. A label
+// outside [0, C) gives a NaN true logit.
+
+#include "rows.h"
+
+namespace lossjax {
+namespace {
+
+// exp(x) for x <= 0 (the logits less their row max), NaN kept: Cody and
+// Waite's reduction x = n ln 2 + r, |r| <= ln 2 / 2, Cephes' polynomial for
+// exp(r) (within about an ulp), and 2^n from the exponent bits. Below -87.3
+// (where exp is under float32's least normal) it returns about 1.2e-38, not
+// the subnormal or 0: a row sum holds exp(0) = 1, and its squares underflow.
+inline Floats Exp(Floats x) {
+  const Floats lowest = Floats{} + -87.33f;
+  x = x < lowest ? lowest : x;  // a NaN compares false and stays
+#if defined(__AVX512F__)
+  const __m512 v = __m512(x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return Floats(_mm512_scalef_ps(p, n));
+#else
+  // Round to nearest by the 1.5 * 2^23 trick (|x log2 e| < 2^22 here).
+  const Floats magic = Floats{} + 12582912.0f;
+  const Floats n = (x * 1.44269504f + magic) - magic;
+  Floats r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  Floats p = Floats{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + (r + 1.0f);
+  // 2^n for n in [-126, 0]; a NaN's n gives any scale, and p is NaN.
+  const Ints bits = (__builtin_convertvector(n, Ints) + 127) << 23;
+  Floats scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+#endif
+}
+
+// What a row's second pass adds up, four accumulators each to keep the adds
+// independent.
+struct Sums {
+  Floats exps[4], squares[4], logits[4];
+  Sums() {
+    for (int k = 0; k < 4; ++k) exps[k] = squares[k] = logits[k] = Floats{};
+  }
+  static float Total(const Floats (&parts)[4]) {
+    const Floats t = (parts[0] + parts[1]) + (parts[2] + parts[3]);
+    float total = 0.0f;
+    for (int i = 0; i < kLanes; ++i) total += t[i];
+    return total;
+  }
+};
+
+// Adds one vector of logits (`keep`'s lanes only, where given) to the sums.
+template <bool kSquares, bool kRowSum>
+inline void AddVector(Sums& s, int k, Floats z, Floats top, const Ints* keep) {
+  Floats e = Exp(z - top);
+  if (keep) {
+    e = *keep ? e : Floats{};
+    z = *keep ? z : Floats{};
+  }
+  s.exps[k] += e;
+  if (kSquares) s.squares[k] += e * e;
+  if (kRowSum) s.logits[k] += z;
+}
+
+// The sums of one row, for rows of at least kLanes logits: four vectors a
+// step, then single vectors, then one masked to the rest.
+template <bool kSquares, bool kRowSum, typename T>
+Sums RowSums(const T* row, int64_t columns, float max, const T* next) {
+  const Floats top = Floats{} + max;
+  Sums s;
+  int64_t i = 0;
+  for (; i + 4 * kLanes <= columns; i += 4 * kLanes) {
+    for (int k = 0; k < 4 * kLanes * int(sizeof(T)); k += 64) __builtin_prefetch(reinterpret_cast<const char*>(next + i) + k);
+    for (int k = 0; k < 4; ++k)
+      AddVector<kSquares, kRowSum>(s, k, Load(row + i + k * kLanes), top, nullptr);
+  }
+  for (; i + kLanes <= columns; i += kLanes)
+    AddVector<kSquares, kRowSum>(s, 0, Load(row + i), top, nullptr);
+  if (i < columns) {
+    const int64_t start = columns - kLanes;
+    Ints index;
+    for (int k = 0; k < kLanes; ++k) index[k] = int32_t(start + k);
+    const Ints keep = index >= int32_t(i);
+    AddVector<kSquares, kRowSum>(s, 1, Load(row + start), top, &keep);
+  }
+  return s;
+}
+
+// Rows narrower than a vector, one logit at a time.
+template <typename T>
+void NarrowRow(const T* row, int64_t columns, float* max, float* exps, float* squares,
+               float* logits) {
+  float top = kMinusInf;
+  bool nan = false;
+  for (int64_t c = 0; c < columns; ++c) {
+    const float x = LoadOne(row[c]);
+    nan |= x != x;
+    top = x > top ? x : top;
+  }
+  if (nan) top = kNaN;
+  float e = 0.0f, e2 = 0.0f, z = 0.0f;
+  for (int64_t c = 0; c < columns; ++c) {
+    const float x = LoadOne(row[c]);
+    const float v = std::exp(x - top);
+    e += v;
+    e2 += v * v;
+    z += x;
+  }
+  *max = top;
+  *exps = e;
+  if (squares) *squares = e2;
+  if (logits) *logits = z;
+}
+
+// The statistics of rows [first, last); `squares` and `logits` (the row
+// sums) null where not asked for.
+template <bool kSquares, bool kRowSum, typename T>
+void Rows(const T* z, const int32_t* labels, float* true_logit, float* max, float* exps,
+          float* squares, float* logits, int64_t first, int64_t last, int64_t columns) {
+  for (int64_t r = first; r < last; ++r) {
+    const T* row = z + r * columns;
+    const int64_t label = labels[r];
+    true_logit[r] = label < 0 || label >= columns ? kNaN : LoadOne(row[label]);
+    if (columns < kLanes) {
+      NarrowRow(row, columns, max + r, exps + r, kSquares ? squares + r : nullptr,
+                kRowSum ? logits + r : nullptr);
+      continue;
+    }
+    RunningMax acc;
+    AddRange(row, columns, 0, columns, acc);
+    max[r] = acc.Value();
+    const Sums s = RowSums<kSquares, kRowSum>(row, columns, max[r], r + 1 < last ? row + columns : row);
+    exps[r] = Sums::Total(s.exps);
+    if (kSquares) squares[r] = Sums::Total(s.squares);
+    if (kRowSum) logits[r] = Sums::Total(s.logits);
+  }
+}
+
+// The handlers' shared body.
+template <bool kSquares, bool kRowSum>
+ffi::Error Statistics(ffi::ThreadPool& pool, const ffi::AnyBuffer& logits,
+                      const ffi::Buffer<ffi::S32>& labels, float* true_logit, float* max,
+                      float* exps, float* extra) {
+  int64_t rows, columns;
+  if (auto error = RowsAndColumns(logits, labels.element_count(), rows, columns); error.failure())
+    return error;
+  const int32_t* y = labels.typed_data();
+  float* squares = kSquares ? extra : nullptr;
+  float* sums = kRowSum ? extra : nullptr;
+  return WithLogits(logits, [&](auto z) {
+    ForRowChunks(pool, rows, columns, [=](int64_t first, int64_t last) {
+      Rows<kSquares, kRowSum>(z, y, true_logit, max, exps, squares, sums, first, last, columns);
+    });
+  });
+}
+
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+
+ffi::Error SoftmaxStatistics(ffi::ThreadPool pool, ffi::AnyBuffer logits,
+                             ffi::Buffer<ffi::S32> labels, F32Out true_logit, F32Out max,
+                             F32Out exps) {
+  return Statistics<false, false>(pool, logits, labels, true_logit->typed_data(),
+                                  max->typed_data(), exps->typed_data(), nullptr);
+}
+
+ffi::Error SoftmaxStatisticsAndSquares(ffi::ThreadPool pool, ffi::AnyBuffer logits,
+                                       ffi::Buffer<ffi::S32> labels, F32Out true_logit,
+                                       F32Out max, F32Out exps, F32Out squares) {
+  return Statistics<true, false>(pool, logits, labels, true_logit->typed_data(),
+                                 max->typed_data(), exps->typed_data(), squares->typed_data());
+}
+
+ffi::Error SoftmaxStatisticsAndRowSum(ffi::ThreadPool pool, ffi::AnyBuffer logits,
+                                      ffi::Buffer<ffi::S32> labels, F32Out true_logit,
+                                      F32Out max, F32Out exps, F32Out sums) {
+  return Statistics<false, true>(pool, logits, labels, true_logit->typed_data(),
+                                 max->typed_data(), exps->typed_data(), sums->typed_data());
+}
+
+}  // namespace
+}  // namespace lossjax
+
+#define LOSSJAX_SOFTMAX_BINDING(outputs)                      \
+  lossjax::ffi::Ffi::Bind()                                   \
+      .Ctx<lossjax::ffi::ThreadPool>()                        \
+      .Arg<lossjax::ffi::AnyBuffer>()                         \
+      .Arg<lossjax::ffi::Buffer<lossjax::ffi::S32>>() outputs
+
+#define LOSSJAX_F32_RESULT .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxSoftmaxStatistics, lossjax::SoftmaxStatistics,
+                              LOSSJAX_SOFTMAX_BINDING(LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT
+                                                          LOSSJAX_F32_RESULT));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxSoftmaxStatisticsAndSquares,
+                              lossjax::SoftmaxStatisticsAndSquares,
+                              LOSSJAX_SOFTMAX_BINDING(LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT
+                                                          LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxSoftmaxStatisticsAndRowSum,
+                              lossjax::SoftmaxStatisticsAndRowSum,
+                              LOSSJAX_SOFTMAX_BINDING(LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT
+                                                          LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT));
