@@ -26,10 +26,9 @@ namespace {
 // (where exp is under float32's least normal) it returns about 1.2e-38, not
 // the subnormal or 0: a row sum holds exp(0) = 1, and its squares underflow.
 inline Floats Exp(Floats x) {
-  const Floats lowest = Floats{} + -87.33f;
-  x = x < lowest ? lowest : x;  // a NaN compares false and stays
 #if defined(__AVX512F__)
-  const __m512 v = __m512(x);
+  // vmaxps returns its second operand where either is NaN: a NaN stays.
+  const __m512 v = _mm512_max_ps(_mm512_set1_ps(-87.33f), __m512(x));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
@@ -43,6 +42,8 @@ inline Floats Exp(Floats x) {
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
   return Floats(_mm512_scalef_ps(p, n));
 #else
+  const Floats lowest = Floats{} + -87.33f;
+  x = x < lowest ? lowest : x;  // a NaN compares false and stays
   // Round to nearest by the 1.5 * 2^23 trick (|x log2 e| < 2^22 here).
   const Floats magic = Floats{} + 12582912.0f;
   const Floats n = (x * 1.44269504f + magic) - magic;
@@ -92,14 +93,19 @@ inline void AddVector(Sums& s, int k, Floats z, Floats top, const Ints* keep) {
 }
 
 // The sums of one row, for rows of at least kLanes logits: four vectors a
-// step, then single vectors, then one masked to the rest.
+// step, then single vectors, then one masked to the rest. Each step fetches
+// the same bytes of the next row (`next`), whose max then reads from cache:
+// the row's exponentials are compute, its max's pass memory, and without the
+// prefetch the two take turns (docs/measurement.md). Prefetches never
+// fault, past the logits' end included.
 template <bool kSquares, bool kRowSum, typename T>
 Sums RowSums(const T* row, int64_t columns, float max, const T* next) {
   const Floats top = Floats{} + max;
   Sums s;
   int64_t i = 0;
   for (; i + 4 * kLanes <= columns; i += 4 * kLanes) {
-    for (int k = 0; k < 4 * kLanes * int(sizeof(T)); k += 64) __builtin_prefetch(reinterpret_cast<const char*>(next + i) + k);
+    const char* ahead = reinterpret_cast<const char*>(next + i);
+    for (int64_t b = 0; b < 4 * kLanes * int64_t(sizeof(T)); b += 64) __builtin_prefetch(ahead + b);
     for (int k = 0; k < 4; ++k)
       AddVector<kSquares, kRowSum>(s, k, Load(row + i + k * kLanes), top, nullptr);
   }
@@ -158,7 +164,7 @@ void Rows(const T* z, const int32_t* labels, float* true_logit, float* max, floa
     RunningMax acc;
     AddRange(row, columns, 0, columns, acc);
     max[r] = acc.Value();
-    const Sums s = RowSums<kSquares, kRowSum>(row, columns, max[r], r + 1 < last ? row + columns : row);
+    const Sums s = RowSums<kSquares, kRowSum>(row, columns, max[r], row + columns);
     exps[r] = Sums::Total(s.exps);
     if (kSquares) squares[r] = Sums::Total(s.squares);
     if (kRowSum) logits[r] = Sums::Total(s.logits);
