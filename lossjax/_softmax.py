@@ -628,6 +628,10 @@ def class_statistics(logits: Array, labels: Array, row_sum: bool = False) -> tup
   entry twice. Wider floats keep each statistic's own derivative: their
   cotangents add without rounding, and the true logit's is a scatter into
   the gradient, one value a row.
+
+  On CPU, for rows of `NATIVE_FROM_CLASSES` or more, the values come from
+  lossjax's kernel in one pass over the logits (`_native_statistics`), the
+  log-normaliser relative to the row max; the derivatives are the same.
   """
   if _two_byte_float(logits):
     return _narrow_statistics(logits, labels, row_sum)
