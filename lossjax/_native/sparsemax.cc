@@ -73,12 +73,20 @@ constexpr int64_t kOnePassFrom = 4096;
 // stored (a row's few candidates lie at random places, and a branch on
 // each vector mispredicts: docs/measurement.md); elsewhere a vector
 // compare, then the rare vectors with any such lane one value at a time.
+//
+// float32 rows also fetch the same bytes of the next row each step, so that
+// its max (memory) overlaps this row's candidates (compute); bfloat16 rows
+// gained nothing from it beside the row after next's prefetch in `Rows`
+// (docs/measurement.md).
 template <typename T>
 int64_t Above(const T* row, int64_t columns, float level, float* out) {
   int64_t count = 0, c = 0;
 #if defined(__AVX512F__)
   const __m512 bar = _mm512_set1_ps(level);
+  const char* next = reinterpret_cast<const char*>(row + columns);
   for (; c + 4 * kLanes <= columns; c += 4 * kLanes) {
+    if constexpr (sizeof(T) == 4)
+      for (int64_t b = 0; b < 4 * kLanes * 4; b += 64) __builtin_prefetch(next + 4 * c + b);
     __m512 x[4];
     LoadFour(row, c, x);
     for (int k = 0; k < 4; ++k) Keep(x[k], _mm512_cmp_ps_mask(x[k], bar, kAboveOrNaN), out, count);
