@@ -535,10 +535,57 @@ def margin_statistics(values: Array, labels: Array, rival: bool = False) -> tupl
 
 
 def _margin_statistics(values: Array, labels: Array, rival: bool) -> tuple:
-  if rival and _native.takes(values):
-    return _rival_and_true_logit(values, labels)
+  if _native.takes(values):
+    return (_rival_and_true_logit if rival else _max_and_true_logit)(values, labels)
   top = rival_max(values, labels) if rival else row_max(values)
   return compute(top), compute(take_class(values, labels))
+
+
+def _xla_max_and_true_logit(values: Array, labels: Array) -> tuple:
+  return compute(row_max(values)), compute(take_class(values, labels))
+
+
+@jax.custom_jvp
+def _max_and_true_logit(values: Array, labels: Array) -> tuple:
+  """`row_max` and `take_class`, in float32: on CPU from the rival's kernel
+  (`lossjax._native`), the max the larger of the rival and the label's logit
+  (NaN where either is), so that the derivative's count of the maxima comes
+  from the same pass (the ties at the rival, and the label); elsewhere XLA's
+  row max, which other backends fuse. The derivatives are `row_max`'s and
+  `take_class`'s."""
+  def on_cpu(v, y):
+    rival, true_logit = _native.rival_and_true_logit(v, y, _xla_rival_and_true_logit)
+    return jnp.maximum(rival, true_logit), true_logit
+  return jax.lax.platform_dependent(values, labels, cpu=on_cpu, default=_xla_max_and_true_logit)
+
+
+def _max_true_logit_and_count(values: Array, labels: Array) -> tuple:
+  """`_max_and_true_logit`'s two and the count of the classes at the max,
+  which its derivative divides by: on CPU from the rival's kernel (the
+  ties at the rival where it is the max, and the label where it is), where
+  XLA's form counts in a pass over the logits of its own."""
+  def on_cpu(v, y):
+    rival, true_logit, ties = _rival_true_logit_and_ties(v, y)
+    top = jnp.maximum(rival, true_logit)
+    at_top = (true_logit == top).astype(ties.dtype)
+    return top, true_logit, jnp.where(rival == top, ties, 0.0) + at_top
+  def elsewhere(v, y):
+    top, true_logit = _xla_max_and_true_logit(v, y)
+    return top, true_logit, _count_equal(v, top)
+  return jax.lax.platform_dependent(values, labels, cpu=on_cpu, default=elsewhere)
+
+
+def _max_tangent(values: Array, top: Array, count: Array, d_wide: Array) -> Array:
+  """`row_max`'s tangent: the tangents at the row's maxima, averaged."""
+  return jnp.sum(_indicator(values, top) * d_wide, axis=-1) / count
+
+
+@_max_and_true_logit.defjvp
+def _max_and_true_logit_jvp(primals, tangents):
+  (values, labels), (d_values, _) = primals, tangents
+  top, true_logit, count = _max_true_logit_and_count(values, labels)
+  d_top = _max_tangent(values, top, count, compute(d_values))
+  return (with_nan_of(top, count), true_logit), (d_top, compute(_gather(d_values, labels)))
 
 
 @jax.custom_jvp
@@ -601,6 +648,10 @@ def _narrow_margin_statistics_jvp(rival, primals, tangents):
   if rival and _native.takes(values):
     top, true_logit, ties = _rival_true_logit_and_ties(values, labels)
     d_top, count = _rival_max_derivative(values, labels, top, d_wide, ties)
+    return (with_nan_of(top, count), true_logit), (d_top, _true_class_tangent(labels, d_wide))
+  if _native.takes(values):
+    top, true_logit, count = _max_true_logit_and_count(values, labels)
+    d_top = _max_tangent(values, top, count, d_wide)
     return (with_nan_of(top, count), true_logit), (d_top, _true_class_tangent(labels, d_wide))
   top, true_logit = _narrow_margin_statistics(values, labels, rival)
   d_top, count = (_rival_max_derivative(values, labels, top, d_wide) if rival

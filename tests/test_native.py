@@ -123,10 +123,12 @@ def test_many_rows_across_threads_and_leading_axes():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ("multiclass_hinge_loss", "multiclass_squared_hinge_loss"))
+@pytest.mark.parametrize("name", ("multiclass_hinge_loss", "multiclass_squared_hinge_loss",
+                                  "multiclass_perceptron_loss"))
 def test_losses_and_gradients_as_xla_computes_them(name, dtype, monkeypatch):
   # The margin losses through the kernel and through XLA's own operations
-  # (LOSSJAX_NATIVE=0): the same values and gradients, bit for bit.
+  # (LOSSJAX_NATIVE=0): the same values and gradients, bit for bit (the
+  # perceptron's max is the larger of the rival and the label's logit).
   loss = getattr(lossjax, name)
   rng = np.random.default_rng(2)
   values = _logits(rng, 257, 1000, dtype)
