@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lossjax import _checks, _native
+from lossjax import _checks, _native, _softmax_functionals
 
 Array = jax.Array
 
@@ -684,9 +684,11 @@ def class_statistics(logits: Array, labels: Array, row_sum: bool = False) -> tup
   lossjax's kernel in one pass over the logits (`_native_statistics`), the
   log-normaliser relative to the row max; the derivatives are the same.
   """
+  if native_statistics_pay(logits):
+    return _native_statistics(logits, labels, row_sum)
   if _two_byte_float(logits):
     return _narrow_statistics(logits, labels, row_sum)
-  return _statistics(logits, labels, row_sum)
+  return _xla_statistics(logits, labels, row_sum)
 
 
 # From this many classes on, the softmax losses' row statistics come from
@@ -700,12 +702,6 @@ def native_statistics_pay(logits: Array) -> bool:
   """Whether `logits` take lossjax's CPU kernel for the softmax statistics
   (static): rows of `NATIVE_FROM_CLASSES` or more, and `_native.takes`."""
   return logits.shape[-1] >= NATIVE_FROM_CLASSES and _native.takes(logits)
-
-
-def _statistics(logits: Array, labels: Array, row_sum: bool) -> tuple:
-  if native_statistics_pay(logits):
-    return _native_statistics(logits, labels, row_sum)
-  return _xla_statistics(logits, labels, row_sum)
 
 
 def _xla_statistics(logits: Array, labels: Array, row_sum: bool) -> tuple:
@@ -730,18 +726,19 @@ def _native_statistics(logits: Array, labels: Array, row_sum: bool) -> tuple:
 
 @_native_statistics.defjvp
 def _native_statistics_jvp(row_sum, primals, tangents):
-  # Each statistic's own tangent, as `_xla_statistics` takes them.
+  # The tangents d_y, sum_c p_c d_c and sum_c d_c as one primitive
+  # (`_softmax_functionals`), whose transpose, the gradient, lossjax's kernel
+  # writes in one pass on CPU, rounded once to the logits' dtype.
   (logits, labels), (d_logits, _) = primals, tangents
   values = _native_statistics(logits, labels, row_sum)
-  d_wide = compute(d_logits)
-  d_true = jax.jvp(lambda v: take_class(v, labels), (logits,), (d_logits,))[1]
-  d_values = (compute(d_true), _log_normalizer_tangent(logits, values[1], d_wide))
-  return values, d_values + (jnp.sum(d_wide, axis=-1),) if row_sum else d_values
+  d_true, d_log_norm, _, d_sum = _softmax_functionals.functionals(
+      d_logits, logits, values[1], labels)
+  return values, (d_true, d_log_norm) + ((d_sum,) if row_sum else ())
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _narrow_statistics(logits: Array, labels: Array, row_sum: bool) -> tuple:
-  return _statistics(logits, labels, row_sum)
+  return _xla_statistics(logits, labels, row_sum)
 
 
 @_narrow_statistics.defjvp

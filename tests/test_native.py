@@ -279,6 +279,43 @@ def test_softmax_losses_second_derivatives_as_xla_computes_them(name, monkeypatc
   np.testing.assert_allclose(np.asarray(native), np.asarray(xla), rtol=1e-4, atol=1e-6)
 
 
+def _under_both_forms(compute, monkeypatch):
+  """`compute()` with the kernels and with XLA's operations (LOSSJAX_NATIVE=0)."""
+  native = compute()
+  monkeypatch.setenv("LOSSJAX_NATIVE", "0")
+  xla = compute()
+  monkeypatch.setenv("LOSSJAX_NATIVE", "1")
+  return native, xla
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("classes", (256, 257, 1001, 4133))
+@pytest.mark.parametrize("name", ("cross_entropy", "label_smoothing", "brier"))
+def test_softmax_gradient_kernel_in_every_mode_of_differentiation(name, classes, dtype,
+                                                                 monkeypatch):
+  # The gradient's kernel (the transpose of `_softmax_functionals`' primitive)
+  # on rows with a tail shorter than a vector and labels at both ends, under
+  # vmap; forward mode and reverse over reverse through the primitives' rules.
+  loss = lossjax.losses.spec(name).bind()
+  rng = np.random.default_rng(classes)
+  values = jnp.asarray(rng.standard_normal((2, 9, classes)) * 3, dtype)
+  labels = jnp.asarray(rng.integers(0, classes, (2, 9)), jnp.int32).at[:, 0].set(0)
+  labels = labels.at[:, 1].set(classes - 1)
+  direction = jnp.asarray(rng.standard_normal(values.shape), dtype)
+  def compute():
+    total = lambda v, y: jnp.sum(loss(v, y).astype(jnp.float32))
+    grad = jax.jit(jax.vmap(jax.grad(total)))(values, labels)
+    tangent = jax.jit(lambda v: jax.jvp(lambda u: total(u, labels), (v,), (direction,))[1])(values)
+    wide = lambda v: v.astype(jnp.float32)
+    twice = jax.jit(jax.grad(lambda v: jnp.vdot(wide(jax.grad(total)(v, labels)), wide(direction))))
+    return grad, tangent, twice(values)
+  native, xla = _under_both_forms(compute, monkeypatch)
+  rtol = 2e-2 if dtype == jnp.bfloat16 else 1e-4
+  for got, want in zip(native, xla):
+    np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)),
+                               np.asarray(want.astype(jnp.float32)), rtol=rtol, atol=1e-5)
+
+
 def test_short_rows_take_xla_operations():
   # Below NATIVE_FROM_CLASSES the kernel's fixed cost a row outweighs it.
   short = jnp.zeros((8, _softmax.NATIVE_FROM_CLASSES - 1))

@@ -9,7 +9,8 @@ that XLA:CPU's library kernel cannot compute in one pass over the logits.
 - `softmax.cc`: the softmax losses' row max, sum of exponentials and label's
   logit (and Brier's sum of squared exponentials, or label smoothing's row
   sum): XLA:CPU takes each row sum in a pass of its own, and its
-  exponential is the slower (docs/measurement.md).
+  exponential is the slower (docs/measurement.md); and their gradient, the
+  transpose of `lossjax._softmax_functionals`' primitive, in one pass.
 - `sparsemax.cc`: sparsemax's threshold, support size and ||p||^2 (and the
   label's logit, for the loss). XLA's own form takes block maxima, an
   insertion network over them and a count.
@@ -56,6 +57,7 @@ _TARGETS = {"lossjax_rival_and_true_logit": "LossjaxRivalAndTrueLogit",
             "lossjax_softmax_statistics": "LossjaxSoftmaxStatistics",
             "lossjax_softmax_statistics_and_squares": "LossjaxSoftmaxStatisticsAndSquares",
             "lossjax_softmax_statistics_and_row_sum": "LossjaxSoftmaxStatisticsAndRowSum",
+            "lossjax_softmax_cotangent": "LossjaxSoftmaxCotangent",
             "lossjax_sparsemax_threshold": "LossjaxSparsemaxThreshold",
             "lossjax_sparsemax_loss_statistics": "LossjaxSparsemaxLossStatistics"}
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")

@@ -14,6 +14,17 @@
 // max and sums NaN, a row with +inf (or only -inf) has a NaN sum of
 // exponentials (inf - inf), as XLA's own `max + log sum exp(z - max)`. A label
 // outside [0, C) gives a NaN true logit.
+//
+// And the gradient, for the softmax losses' derivative
+// (lossjax/_softmax_functionals.py):
+//   logits [..., C], labels [...] int32, shift [...] float32, coefficients
+//   [..., 3] (a, b, s) or [..., 4] (a, b, q, s) float32
+//   -> g [..., C] in the logits' type, g_c = b e_c + q e_c^2 + s + a [c = y],
+//      e_c = exp(z_c - shift), computed in float32 and rounded once
+// in one pass over the logits, written as it goes. A label outside [0, C)
+// adds nothing.
+
+#include <type_traits>
 
 #include "rows.h"
 
@@ -189,6 +200,110 @@ ffi::Error Statistics(ffi::ThreadPool& pool, const ffi::AnyBuffer& logits,
   });
 }
 
+// float32 to the logits' type: bfloat16 rounded to nearest even, NaN kept
+// (as XLA's conversion).
+inline void Store(float* out, Floats g) { std::memcpy(out, &g, sizeof g); }
+inline void Store(uint16_t* out, Floats g) {
+#if defined(__AVX512BF16__)
+  const __m256bh h = _mm512_cvtneps_pbh(__m512(g));
+  std::memcpy(out, &h, sizeof h);
+#else
+  Words u;
+  std::memcpy(&u, &g, sizeof u);
+  const Words rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const Words bits = g != g ? (u >> 16) | 0x40u : rounded;
+  const Halves h = __builtin_convertvector(bits, Halves);
+  std::memcpy(out, &h, sizeof h);
+#endif
+}
+
+// The cotangent's coefficients of one row: g_c = (squares e_c + exps) e_c +
+// plus, e_c = exp(z_c - shift), and `at_label` more at the label.
+struct Coefficients {
+  float shift, at_label, exps, squares, plus;
+};
+
+template <bool kSquares>
+inline Floats Cotangent(Floats z, const Coefficients& k) {
+  const Floats e = Exp(z - k.shift);
+  return kSquares ? (k.squares * e + k.exps) * e + k.plus : k.exps * e + k.plus;
+}
+
+// One row of the gradient, for rows of at least kLanes logits: whole
+// vectors, then one ending at the row's end (its lanes already written get
+// the same values again), then the label's own entry.
+template <bool kSquares, typename T>
+void CotangentRow(const T* row, T* out, int64_t columns, int64_t label, const Coefficients& k) {
+  int64_t i = 0;
+  for (; i + kLanes <= columns; i += kLanes) Store(out + i, Cotangent<kSquares>(Load(row + i), k));
+  if (i < columns) {
+    const int64_t start = columns - kLanes;
+    Store(out + start, Cotangent<kSquares>(Load(row + start), k));
+  }
+  if (label < 0 || label >= columns) return;
+  // The label's vector again, its entry with `at_label` added: one rounding.
+  const int64_t start = std::min(label, columns - kLanes);
+  Floats g = Cotangent<kSquares>(Load(row + start), k);
+  g[label - start] += k.at_label;
+  Store(out + start, g);
+}
+
+// Rows narrower than a vector: padded to one in float32.
+template <bool kSquares, typename T>
+void NarrowCotangentRow(const T* row, T* out, int64_t columns, int64_t label,
+                        const Coefficients& k) {
+  Floats z = Floats{};
+  for (int64_t c = 0; c < columns; ++c) z[c] = LoadOne(row[c]);
+  Floats g = Cotangent<kSquares>(z, k);
+  if (label >= 0 && label < columns) g[label] += k.at_label;
+  T padded[kLanes];
+  Store(padded, g);
+  std::memcpy(out, padded, columns * sizeof(T));
+}
+
+// The gradient of the softmax statistics' row functionals, `coefficients`
+// [..., 3] (at_label, exps, plus) or [..., 4] (at_label, exps, squares, plus).
+template <bool kSquares>
+ffi::Error Cotangents(ffi::ThreadPool& pool, const ffi::AnyBuffer& logits,
+                      const ffi::Buffer<ffi::S32>& labels, const ffi::Buffer<ffi::F32>& shift,
+                      const ffi::Buffer<ffi::F32>& coefficients, ffi::Result<ffi::AnyBuffer> out) {
+  int64_t rows, columns;
+  if (auto error = RowsAndColumns(logits, labels.element_count(), rows, columns); error.failure())
+    return error;
+  if (int64_t(shift.element_count()) != rows ||
+      int64_t(coefficients.element_count()) != rows * (kSquares ? 4 : 3) ||
+      out->element_type() != logits.element_type() ||
+      out->element_count() != logits.element_count())
+    return ffi::Error::InvalidArgument("shift, coefficients and output do not match the logits");
+  const int32_t* y = labels.typed_data();
+  const float* c = shift.typed_data();
+  const float* q = coefficients.typed_data();
+  void* g = out->untyped_data();
+  return WithLogits(logits, [&](auto z) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(z)>>;
+    T* gradient = static_cast<T*>(g);
+    ForRowChunks(pool, rows, columns, [=](int64_t first, int64_t last) {
+      for (int64_t r = first; r < last; ++r) {
+        const float* k = q + r * (kSquares ? 4 : 3);
+        const Coefficients row_k{c[r], k[0], k[1], kSquares ? k[2] : 0.0f, k[kSquares ? 3 : 2]};
+        if (columns < kLanes)
+          NarrowCotangentRow<kSquares>(z + r * columns, gradient + r * columns, columns, y[r], row_k);
+        else
+          CotangentRow<kSquares>(z + r * columns, gradient + r * columns, columns, y[r], row_k);
+      }
+    });
+  });
+}
+
+ffi::Error SoftmaxCotangent(ffi::ThreadPool pool, ffi::AnyBuffer logits,
+                            ffi::Buffer<ffi::S32> labels, ffi::Buffer<ffi::F32> shift,
+                            ffi::Buffer<ffi::F32> coefficients, ffi::Result<ffi::AnyBuffer> out) {
+  const auto dims = coefficients.dimensions();
+  if (dims.size() > 0 && dims[dims.size() - 1] == 4)
+    return Cotangents<true>(pool, logits, labels, shift, coefficients, out);
+  return Cotangents<false>(pool, logits, labels, shift, coefficients, out);
+}
+
 using F32Out = ffi::ResultBuffer<ffi::F32>;
 
 ffi::Error SoftmaxStatistics(ffi::ThreadPool pool, ffi::AnyBuffer logits,
@@ -236,3 +351,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxSoftmaxStatisticsAndRowSum,
                               lossjax::SoftmaxStatisticsAndRowSum,
                               LOSSJAX_SOFTMAX_BINDING(LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT
                                                           LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxSoftmaxCotangent, lossjax::SoftmaxCotangent,
+                              lossjax::ffi::Ffi::Bind()
+                                  .Ctx<lossjax::ffi::ThreadPool>()
+                                  .Arg<lossjax::ffi::AnyBuffer>()
+                                  .Arg<lossjax::ffi::Buffer<lossjax::ffi::S32>>()
+                                  .Arg<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
+                                  .Arg<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
+                                  .Ret<lossjax::ffi::AnyBuffer>());

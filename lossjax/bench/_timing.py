@@ -126,7 +126,9 @@ def interleaved_times(calls: dict, args, rounds: int, warmup: int = 0,
   """Seconds of each compiled call in every round (a list per call), the
   calls made one after another in every round so that all see the same
   machine state (a shared machine drifts between tests); the first `warmup`
-  rounds are not counted.
+  rounds are not counted. Their order rotates by one every round: in a
+  fixed order, the call after one with a large output measured up to twice
+  its time (docs/measurement.md), which would bias every ratio between them.
 
   With `budget_s`, more than `rounds` rounds (up to `most_rounds`) as long as
   they fit in it: calls of milliseconds get enough rounds that a short burst
@@ -145,7 +147,10 @@ def interleaved_times(calls: dict, args, rounds: int, warmup: int = 0,
   while done < warmup + rounds or (
       budget_s is not None and 0 < done < warmup + most_rounds
       and (time.perf_counter() - began) * (done + 1) / done <= budget_s):
-    for name, compiled in calls.items():
+    names = list(calls)
+    turn = done % len(names)
+    for name in names[turn:] + names[:turn]:
+      compiled = calls[name]
       before = _minor_faults()
       started = time.perf_counter()
       jax.block_until_ready(compiled(*args))

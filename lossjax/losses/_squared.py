@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from lossjax import _checks
 from lossjax import _native
 from lossjax import _softmax
+from lossjax import _softmax_functionals
 from lossjax.losses import _prepare
 
 Array = jax.Array
@@ -237,6 +238,16 @@ def _brier_jvp(primals, tangents):
   # rounded to their dtype once, at the end.
   (stored, labels), (d_stored, _) = primals, tangents  # labels: no tangent
   shift, sums, log_p_y, squares = _brier_terms(stored, labels)
+  if _softmax.native_statistics_pay(stored):
+    # With e = exp(z - c) = s p: 2 (sum e^2 dz / s^2 - (sum p^2 - p_y) sum e dz / s
+    # - p_y dz_y), the three functionals one primitive whose transpose, the
+    # gradient, lossjax's kernel writes in one pass on CPU.
+    d_true, d_exps, d_squares, _ = _softmax_functionals.functionals(
+        d_stored, stored, shift[..., 0], labels)
+    p_y = jnp.exp(log_p_y)
+    tangent = 2.0 * (d_squares / jnp.square(sums) - (squares - p_y) * d_exps / sums
+                     - p_y * d_true)
+    return _brier_value(log_p_y, squares), tangent
   p_y = jnp.exp(log_p_y)[..., None]
   again, again_shift = _softmax.read_again((stored, shift), 2)
   probs = jnp.exp(_softmax.compute(again) - again_shift) / sums[..., None]
