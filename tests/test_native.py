@@ -289,7 +289,7 @@ def _under_both_forms(compute, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("classes", (256, 257, 1001, 4133))
+@pytest.mark.parametrize("classes", (256, 1001))
 @pytest.mark.parametrize("name", ("cross_entropy", "label_smoothing", "brier"))
 def test_softmax_gradient_kernel_in_every_mode_of_differentiation(name, classes, dtype,
                                                                  monkeypatch):
@@ -457,12 +457,14 @@ def test_sparsemax_threshold_of_long_rows(classes, dtype):
 def test_the_portable_build_computes_the_same(tmp_path):
   # Built for x86-64-v3 (AVX2, no AVX-512) the kernels take their portable
   # paths (GCC's vector extensions, Michelot's rounds for every row): this
-  # file's numeric tests again, in a process with that build.
+  # file's numeric tests again, in a process with that build (the losses'
+  # every mode of differentiation and second derivatives left to the native
+  # build: they run the same kernels as the losses' gradients here).
   env = {**os.environ, "LOSSJAX_NATIVE_ARCH": "x86-64-v3", "LOSSJAX_CACHE": str(tmp_path)}
   env.pop("PYTEST_XDIST_WORKER", None)
   done = subprocess.run(
       [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__,
-       "-k", "not portable and not build"], env=env, capture_output=True, text=True, timeout=600)
+       "-k", "not portable and not build and not every_mode and not second_derivatives"], env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   assert list((tmp_path / "native").glob("kernels-*.so"))
 
