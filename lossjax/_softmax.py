@@ -682,7 +682,9 @@ def class_statistics(logits: Array, labels: Array, row_sum: bool = False) -> tup
 
   On CPU, for rows of `NATIVE_FROM_CLASSES` or more, the values come from
   lossjax's kernel in one pass over the logits (`_native_statistics`), the
-  log-normaliser relative to the row max; the derivatives are the same.
+  log-normaliser relative to the row max, and the three tangents are one
+  primitive whose transpose, the gradient, is lossjax's kernel too
+  (`lossjax._softmax_functionals`), for both dtypes.
   """
   if native_statistics_pay(logits):
     return _native_statistics(logits, labels, row_sum)
