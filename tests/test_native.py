@@ -42,6 +42,15 @@ def _reference(values, labels):
   return others.max(axis=-1), z[rows, y]
 
 
+def _under_both_forms(compute, monkeypatch):
+  """`compute()` with the kernels and with XLA's operations (LOSSJAX_NATIVE=0)."""
+  native = compute()
+  monkeypatch.setenv("LOSSJAX_NATIVE", "0")
+  xla = compute()
+  monkeypatch.setenv("LOSSJAX_NATIVE", "1")
+  return native, xla
+
+
 def _logits(rng, rows, classes, dtype):
   # Small integers: many exact ties with the label and between rivals.
   return jnp.asarray(rng.integers(-3, 4, (rows, classes)).astype(np.float32)
@@ -140,9 +149,8 @@ def test_losses_and_gradients_as_xla_computes_them(name, dtype, monkeypatch):
     return fn(values), "lossjax_rival_true_logit_and_ties" in text
   forward = jax.jit(lambda v: loss(v, labels)).lower(values).as_text()
   assert "lossjax_rival_and_true_logit" in forward and "_and_ties" not in forward
-  (native_value, native_grad), native_used = value_and_grad()
-  monkeypatch.setenv("LOSSJAX_NATIVE", "0")
-  (xla_value, xla_grad), xla_used = value_and_grad()
+  ((native_value, native_grad), native_used), ((xla_value, xla_grad), xla_used) = (
+      _under_both_forms(value_and_grad, monkeypatch))
   assert native_used and not xla_used
   assert float(native_value) == float(xla_value)
   np.testing.assert_array_equal(np.asarray(native_grad.astype(jnp.float32)),
@@ -188,8 +196,13 @@ def _assert_softmax_statistics(values, labels, rtol=2e-6):
   np.testing.assert_array_less(np.abs(got[finite] - row_sums[finite]), 1e-6 * scale + 1e-30)
 
 
+# The softmax kernel's paths: rows narrower than a vector, a masked tail,
+# single vectors, the bulk loop, long rows.
+SOFTMAX_CLASSES = (1, 15, 16, 17, 33, 64, 65, 1000, 1001, 32000)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("classes", CLASSES + (4096, 32000))
+@pytest.mark.parametrize("classes", SOFTMAX_CLASSES)
 def test_softmax_statistics_match_numpy(classes, dtype):
   rng = np.random.default_rng(classes + 7)
   rows = max(3, min(3 * classes + 7, 2 ** 20 // classes))
@@ -234,6 +247,39 @@ def test_softmax_statistics_of_non_finite_rows(classes, dtype):
 
 # The registry's softmax losses (label smoothing: the kernel's row sum; Brier:
 # its squares).
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("squares", (False, True))
+@pytest.mark.parametrize("classes", (1, 15, 16, 17, 1000, 1001))
+def test_softmax_gradient_kernel_matches_numpy(classes, squares, dtype):
+  # g_c = b e_c + q e_c^2 + s + a [c = y], e_c = exp(z_c - shift), in the
+  # logits' dtype, rounded once; a label outside the row adds nothing.
+  rng = np.random.default_rng(classes + 11)
+  rows = 3 * classes + 7
+  values = jnp.asarray(rng.standard_normal((rows, classes)) * 3, dtype)
+  labels = jnp.asarray(np.arange(rows) % classes, jnp.int32).at[-1].set(classes)
+  z = np.asarray(values.astype(jnp.float32), np.float64)
+  shift = z.max(axis=-1) + rng.random(rows)
+  coefficients = rng.standard_normal((rows, 4 if squares else 3))
+  a, b = coefficients[:, 0, None], coefficients[:, 1, None]
+  q = coefficients[:, 2, None] if squares else 0.0
+  e = np.exp(z - shift[:, None])
+  want = b * e + q * e * e + coefficients[:, -1, None]
+  inside = np.asarray(labels) < classes
+  want[np.arange(rows)[inside], np.asarray(labels)[inside]] += a[inside, 0]
+  kernel = jax.ffi.ffi_call("lossjax_softmax_cotangent",
+                            jax.ShapeDtypeStruct(values.shape, values.dtype))
+  assert _native.takes(values), "the native kernel did not build (see the warning)"
+  got = jax.jit(kernel)(values, labels, jnp.asarray(shift, jnp.float32),
+                        jnp.asarray(coefficients, jnp.float32))
+  assert got.dtype == values.dtype
+  got = np.asarray(got.astype(jnp.float32), np.float64)
+  # float32: a few roundings of values of magnitude ~|coefficients|;
+  # bfloat16: one rounding of the float32 result (2^-8 relative).
+  scale = np.abs(b) + np.abs(q) + np.abs(coefficients[:, -1, None]) + np.abs(a)
+  tolerance = 2 ** -8 * np.abs(want) + 1e-6 * scale if dtype == jnp.bfloat16 else 1e-6 * scale
+  np.testing.assert_array_less(np.abs(got - want), np.broadcast_to(tolerance, want.shape))
+
+
 SOFTMAX_LOSSES = ("cross_entropy", "label_smoothing", "focal", "poly1", "gce", "mae", "brier")
 
 
@@ -249,9 +295,8 @@ def test_softmax_losses_and_gradients_as_xla_computes_them(name, dtype, monkeypa
   def value_and_grad():
     fn = jax.jit(jax.value_and_grad(lambda v: jnp.sum(loss(v, labels).astype(jnp.float32))))
     return fn(values), "lossjax_softmax_statistics" in fn.lower(values).as_text()
-  (native_value, native_grad), native_used = value_and_grad()
-  monkeypatch.setenv("LOSSJAX_NATIVE", "0")
-  (xla_value, xla_grad), xla_used = value_and_grad()
+  ((native_value, native_grad), native_used), ((xla_value, xla_grad), xla_used) = (
+      _under_both_forms(value_and_grad, monkeypatch))
   assert native_used and not xla_used
   np.testing.assert_allclose(float(native_value), float(xla_value), rtol=2e-6)
   np.testing.assert_allclose(np.asarray(native_grad.astype(jnp.float32)),
@@ -272,20 +317,9 @@ def test_softmax_losses_second_derivatives_as_xla_computes_them(name, monkeypatc
     grad = jax.grad(lambda v: jnp.sum(loss(v, labels)))
     fn = jax.jit(lambda v: jax.jvp(grad, (v,), (direction,))[1])
     return fn(values), "lossjax_softmax_statistics" in fn.lower(values).as_text()
-  native, native_used = hessian_times_direction()
-  monkeypatch.setenv("LOSSJAX_NATIVE", "0")
-  xla, xla_used = hessian_times_direction()
+  (native, native_used), (xla, xla_used) = _under_both_forms(hessian_times_direction, monkeypatch)
   assert native_used and not xla_used
   np.testing.assert_allclose(np.asarray(native), np.asarray(xla), rtol=1e-4, atol=1e-6)
-
-
-def _under_both_forms(compute, monkeypatch):
-  """`compute()` with the kernels and with XLA's operations (LOSSJAX_NATIVE=0)."""
-  native = compute()
-  monkeypatch.setenv("LOSSJAX_NATIVE", "0")
-  xla = compute()
-  monkeypatch.setenv("LOSSJAX_NATIVE", "1")
-  return native, xla
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -415,9 +449,8 @@ def test_sparsemax_loss_as_xla_computes_it(dtype, monkeypatch):
     loss = lambda v: jnp.sum(lossjax.multiclass_sparsemax_loss(v, labels).astype(jnp.float32))
     fn = jax.jit(jax.value_and_grad(loss))
     return fn(values), "lossjax_sparsemax_threshold" in fn.lower(values).as_text()
-  (native_value, native_grad), native_used = value_and_grad()
-  monkeypatch.setenv("LOSSJAX_NATIVE", "0")
-  (xla_value, xla_grad), xla_used = value_and_grad()
+  ((native_value, native_grad), native_used), ((xla_value, xla_grad), xla_used) = (
+      _under_both_forms(value_and_grad, monkeypatch))
   assert native_used and not xla_used
   np.testing.assert_allclose(float(native_value), float(xla_value), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(native_grad.astype(jnp.float32)),
@@ -457,14 +490,15 @@ def test_sparsemax_threshold_of_long_rows(classes, dtype):
 def test_the_portable_build_computes_the_same(tmp_path):
   # Built for x86-64-v3 (AVX2, no AVX-512) the kernels take their portable
   # paths (GCC's vector extensions, Michelot's rounds for every row): this
-  # file's numeric tests again, in a process with that build (the losses'
-  # every mode of differentiation and second derivatives left to the native
-  # build: they run the same kernels as the losses' gradients here).
+  # file's kernel tests against NumPy again, in a process with that build
+  # (the losses' comparisons with XLA's form left to the native build: they
+  # run the kernels tested here).
   env = {**os.environ, "LOSSJAX_NATIVE_ARCH": "x86-64-v3", "LOSSJAX_CACHE": str(tmp_path)}
   env.pop("PYTEST_XDIST_WORKER", None)
   done = subprocess.run(
       [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__,
-       "-k", "not portable and not build and not every_mode and not second_derivatives"], env=env, capture_output=True, text=True, timeout=600)
+       "-k", "not portable and not build and not as_xla_computes and not every_mode "
+             "and not second_derivatives"], env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   assert list((tmp_path / "native").glob("kernels-*.so"))
 
