@@ -198,7 +198,7 @@ def _assert_softmax_statistics(values, labels, rtol=2e-6):
 
 # The softmax kernel's paths: rows narrower than a vector, a masked tail,
 # single vectors, the bulk loop, long rows.
-SOFTMAX_CLASSES = (1, 15, 16, 17, 33, 64, 65, 1000, 1001, 32000)
+SOFTMAX_CLASSES = (1, 15, 16, 17, 65, 1000, 1001, 32000)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -249,7 +249,7 @@ def test_softmax_statistics_of_non_finite_rows(classes, dtype):
 # its squares).
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("squares", (False, True))
-@pytest.mark.parametrize("classes", (1, 15, 16, 17, 1000, 1001))
+@pytest.mark.parametrize("classes", (1, 15, 17, 1001))
 def test_softmax_gradient_kernel_matches_numpy(classes, squares, dtype):
   # g_c = b e_c + q e_c^2 + s + a [c = y], e_c = exp(z_c - shift), in the
   # logits' dtype, rounded once; a label outside the row adds nothing.
@@ -323,8 +323,8 @@ def test_softmax_losses_second_derivatives_as_xla_computes_them(name, monkeypatc
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("classes", (256, 1001))
-@pytest.mark.parametrize("name", ("cross_entropy", "label_smoothing", "brier"))
+@pytest.mark.parametrize("name, classes", (("cross_entropy", 256), ("label_smoothing", 1001),
+                                           ("brier", 1001)))
 def test_softmax_gradient_kernel_in_every_mode_of_differentiation(name, classes, dtype,
                                                                  monkeypatch):
   # The gradient's kernel (the transpose of `_softmax_functionals`' primitive)
