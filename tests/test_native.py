@@ -361,11 +361,20 @@ def test_short_rows_take_xla_operations():
 
 
 def test_build_is_cached(tmp_path, monkeypatch):
+  # A compiler that records its runs and writes an empty library: the
+  # cache's logic without a real compile (every process's first kernel call
+  # and the portable test compile for real).
+  compiler = tmp_path / "recording-c++"
+  compiler.write_text('#!/bin/sh\necho run >> "$(dirname "$0")/runs"\n'
+                      'while [ "$#" -gt 0 ]; do [ "$1" = -o ] && : > "$2"; shift; done\n')
+  compiler.chmod(0o755)
+  monkeypatch.setenv("CXX", str(compiler))
   monkeypatch.setenv("LOSSJAX_CACHE", str(tmp_path))
   first = _native.build()
   stamp = first.stat().st_mtime_ns
   assert first.parent == tmp_path / "native" and _native.build() == first
   assert first.stat().st_mtime_ns == stamp
+  assert (tmp_path / "runs").read_text().split() == ["run"]
   assert not list(first.parent.glob("*.partial"))
 
 
