@@ -41,9 +41,7 @@ int64_t CountRange(const T* row, int64_t columns, int64_t begin, int64_t end, fl
   for (; i + kLanes <= end; i += kLanes) count -= Load(row + i) == bar;  // true is -1
   if (i < end) {
     const int64_t start = std::min(i, columns - kLanes);
-    Ints index;
-    for (int k = 0; k < kLanes; ++k) index[k] = int32_t(start + k);
-    count -= (Load(row + start) == bar) & (index >= int32_t(i)) & (index < int32_t(end));
+    count -= (Load(row + start) == bar) & LanesIn(start, i, end);
   }
   int64_t total = 0;
   for (int k = 0; k < kLanes; ++k) total += count[k];
@@ -126,18 +124,9 @@ ffi::Error RivalTrueLogitAndTies(ffi::ThreadPool pool, ffi::AnyBuffer logits,
 }  // namespace lossjax
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxRivalAndTrueLogit, lossjax::RivalAndTrueLogit,
-                              lossjax::ffi::Ffi::Bind()
-                                  .Ctx<lossjax::ffi::ThreadPool>()
-                                  .Arg<lossjax::ffi::AnyBuffer>()
-                                  .Arg<lossjax::ffi::Buffer<lossjax::ffi::S32>>()
-                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
-                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>());
+                              LOSSJAX_BIND_LOGITS LOSSJAX_LABELS
+                                  LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxRivalTrueLogitAndTies, lossjax::RivalTrueLogitAndTies,
-                              lossjax::ffi::Ffi::Bind()
-                                  .Ctx<lossjax::ffi::ThreadPool>()
-                                  .Arg<lossjax::ffi::AnyBuffer>()
-                                  .Arg<lossjax::ffi::Buffer<lossjax::ffi::S32>>()
-                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
-                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
-                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>());
+                              LOSSJAX_BIND_LOGITS LOSSJAX_LABELS
+                                  LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT);

@@ -169,6 +169,14 @@ inline int64_t AddBulk(const uint16_t* z, int64_t n, RunningMax& acc) {
   return i;
 }
 
+// Which lanes of the vector that starts at `start` hold indices in
+// [begin, end): a range's tail masked out of a whole vector.
+inline Ints LanesIn(int64_t start, int64_t begin, int64_t end) {
+  Ints index;
+  for (int i = 0; i < kLanes; ++i) index[i] = int32_t(start + i);
+  return (index >= int32_t(begin)) & (index < int32_t(end));
+}
+
 // max over row[begin, end) into `acc`, for rows of at least kLanes values:
 // whole vectors, then one more ending at `end` (a max may see a value twice),
 // or a vector masked to the range where it is shorter than one.
@@ -178,9 +186,7 @@ void AddRange(const T* row, int64_t columns, int64_t begin, int64_t end, Running
   if (n <= 0) return;
   if (n < kLanes) {
     const int64_t start = std::min(begin, columns - kLanes);
-    Ints index;
-    for (int i = 0; i < kLanes; ++i) index[i] = int32_t(start + i);
-    acc.AddMasked(Load(row + start), (index >= int32_t(begin)) & (index < int32_t(end)));
+    acc.AddMasked(Load(row + start), LanesIn(start, begin, end));
     return;
   }
   int64_t i = begin + AddBulk(row + begin, n, acc);
@@ -246,5 +252,13 @@ ffi::Error WithLogits(const ffi::AnyBuffer& logits, Body body) {
 }
 
 }  // namespace lossjax
+
+// The handlers' bindings, read left to right: XLA's intra-op threads and the
+// logits, then the labels and further float32 operands, then float32 results.
+#define LOSSJAX_BIND_LOGITS \
+  lossjax::ffi::Ffi::Bind().Ctx<lossjax::ffi::ThreadPool>().Arg<lossjax::ffi::AnyBuffer>()
+#define LOSSJAX_LABELS .Arg<lossjax::ffi::Buffer<lossjax::ffi::S32>>()
+#define LOSSJAX_F32_OPERAND .Arg<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
+#define LOSSJAX_F32_RESULT .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
 
 #endif  // LOSSJAX_NATIVE_ROWS_H_

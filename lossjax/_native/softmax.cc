@@ -124,9 +124,7 @@ Sums RowSums(const T* row, int64_t columns, float max, const T* next) {
     AddVector<kSquares, kRowSum>(s, 0, Load(row + i), top, nullptr);
   if (i < columns) {
     const int64_t start = columns - kLanes;
-    Ints index;
-    for (int k = 0; k < kLanes; ++k) index[k] = int32_t(start + k);
-    const Ints keep = index >= int32_t(i);
+    const Ints keep = LanesIn(start, i, columns);
     AddVector<kSquares, kRowSum>(s, 1, Load(row + start), top, &keep);
   }
   return s;
@@ -330,33 +328,20 @@ ffi::Error SoftmaxStatisticsAndRowSum(ffi::ThreadPool pool, ffi::AnyBuffer logit
 }  // namespace
 }  // namespace lossjax
 
-#define LOSSJAX_SOFTMAX_BINDING(outputs)                      \
-  lossjax::ffi::Ffi::Bind()                                   \
-      .Ctx<lossjax::ffi::ThreadPool>()                        \
-      .Arg<lossjax::ffi::AnyBuffer>()                         \
-      .Arg<lossjax::ffi::Buffer<lossjax::ffi::S32>>() outputs
-
-#define LOSSJAX_F32_RESULT .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
-
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxSoftmaxStatistics, lossjax::SoftmaxStatistics,
-                              LOSSJAX_SOFTMAX_BINDING(LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT
-                                                          LOSSJAX_F32_RESULT));
+                              LOSSJAX_BIND_LOGITS LOSSJAX_LABELS
+                                  LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxSoftmaxStatisticsAndSquares,
                               lossjax::SoftmaxStatisticsAndSquares,
-                              LOSSJAX_SOFTMAX_BINDING(LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT
-                                                          LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT));
+                              LOSSJAX_BIND_LOGITS LOSSJAX_LABELS LOSSJAX_F32_RESULT
+                                  LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxSoftmaxStatisticsAndRowSum,
                               lossjax::SoftmaxStatisticsAndRowSum,
-                              LOSSJAX_SOFTMAX_BINDING(LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT
-                                                          LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT));
+                              LOSSJAX_BIND_LOGITS LOSSJAX_LABELS LOSSJAX_F32_RESULT
+                                  LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxSoftmaxCotangent, lossjax::SoftmaxCotangent,
-                              lossjax::ffi::Ffi::Bind()
-                                  .Ctx<lossjax::ffi::ThreadPool>()
-                                  .Arg<lossjax::ffi::AnyBuffer>()
-                                  .Arg<lossjax::ffi::Buffer<lossjax::ffi::S32>>()
-                                  .Arg<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
-                                  .Arg<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
-                                  .Ret<lossjax::ffi::AnyBuffer>());
+                              LOSSJAX_BIND_LOGITS LOSSJAX_LABELS LOSSJAX_F32_OPERAND
+                                  LOSSJAX_F32_OPERAND.Ret<lossjax::ffi::AnyBuffer>());

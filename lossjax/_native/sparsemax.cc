@@ -370,19 +370,9 @@ ffi::Error LossStatistics(ffi::ThreadPool pool, ffi::AnyBuffer logits,
 }  // namespace lossjax
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxSparsemaxThreshold, lossjax::Threshold,
-                              lossjax::ffi::Ffi::Bind()
-                                  .Ctx<lossjax::ffi::ThreadPool>()
-                                  .Arg<lossjax::ffi::AnyBuffer>()
-                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
-                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
-                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>());
+                              LOSSJAX_BIND_LOGITS
+                                  LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxSparsemaxLossStatistics, lossjax::LossStatistics,
-                              lossjax::ffi::Ffi::Bind()
-                                  .Ctx<lossjax::ffi::ThreadPool>()
-                                  .Arg<lossjax::ffi::AnyBuffer>()
-                                  .Arg<lossjax::ffi::Buffer<lossjax::ffi::S32>>()
-                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
-                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
-                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>()
-                                  .Ret<lossjax::ffi::Buffer<lossjax::ffi::F32>>());
+                              LOSSJAX_BIND_LOGITS LOSSJAX_LABELS LOSSJAX_F32_RESULT
+                                  LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT LOSSJAX_F32_RESULT);
