@@ -294,11 +294,14 @@ def _row_max_jvp(primals, tangents):
   return with_nan_of(top, count), tangent.astype(top.dtype)
 
 
-def _row_max_derivative(values: Array, top: Array, d_wide: Array) -> tuple:
+def _row_max_derivative(values: Array, top: Array, d_wide: Array,
+                        count: Array | None = None) -> tuple:
   """jnp.max's tangent, in the compute dtype, of the row maxima `top`, and
-  the count of the maxima it averages over (NaN in a row with a NaN)."""
+  the count of the maxima it averages over (NaN in a row with a NaN),
+  counted here unless given (`_max_true_logit_and_count`)."""
   level = compute(top)
-  count = _count_equal(values, level)
+  if count is None:
+    count = _count_equal(values, level)
   return jnp.sum(_indicator(values, level) * d_wide, axis=-1) / count, count
 
 
@@ -575,16 +578,11 @@ def _max_true_logit_and_count(values: Array, labels: Array) -> tuple:
   return jax.lax.platform_dependent(values, labels, cpu=on_cpu, default=elsewhere)
 
 
-def _max_tangent(values: Array, top: Array, count: Array, d_wide: Array) -> Array:
-  """`row_max`'s tangent: the tangents at the row's maxima, averaged."""
-  return jnp.sum(_indicator(values, top) * d_wide, axis=-1) / count
-
-
 @_max_and_true_logit.defjvp
 def _max_and_true_logit_jvp(primals, tangents):
   (values, labels), (d_values, _) = primals, tangents
   top, true_logit, count = _max_true_logit_and_count(values, labels)
-  d_top = _max_tangent(values, top, count, compute(d_values))
+  d_top, _ = _row_max_derivative(values, top, compute(d_values), count)
   return (with_nan_of(top, count), true_logit), (d_top, compute(_gather(d_values, labels)))
 
 
@@ -651,7 +649,7 @@ def _narrow_margin_statistics_jvp(rival, primals, tangents):
     return (with_nan_of(top, count), true_logit), (d_top, _true_class_tangent(labels, d_wide))
   if _native.takes(values):
     top, true_logit, count = _max_true_logit_and_count(values, labels)
-    d_top = _max_tangent(values, top, count, d_wide)
+    d_top, _ = _row_max_derivative(values, top, d_wide, count)
     return (with_nan_of(top, count), true_logit), (d_top, _true_class_tangent(labels, d_wide))
   top, true_logit = _narrow_margin_statistics(values, labels, rival)
   d_top, count = (_rival_max_derivative(values, labels, top, d_wide) if rival

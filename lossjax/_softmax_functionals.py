@@ -25,6 +25,9 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+# `_softmax` imports this module too; each uses the other only when called.
+from lossjax import _softmax
+
 Array = jax.Array
 
 _F32 = jnp.float32
@@ -34,20 +37,15 @@ COUNT = 4
 
 
 def _exponentials(z: Array, shift: Array) -> Array:
-  return jnp.exp(z.astype(_F32) - shift[..., None])
-
-
-def _at_label(values: Array, labels: Array) -> Array:
-  """values[..., label] as a masked row sum: 0 for a label outside the row
-  (the kernel writes nothing there either)."""
-  is_label = jax.lax.broadcasted_iota(jnp.int32, values.shape, values.ndim - 1) == labels[..., None]
-  return jnp.sum(jnp.where(is_label, values, 0.0), axis=-1)
+  return jnp.exp(_softmax.compute(z) - shift[..., None])
 
 
 def _xla_functionals(d: Array, z: Array, shift: Array, labels: Array) -> list:
+  # The label's entry as a masked row sum: 0 for a label outside the row
+  # (the kernel writes nothing there either).
   e = _exponentials(z, shift)
-  wide = d.astype(_F32)
-  return [_at_label(wide, labels), jnp.sum(e * wide, axis=-1),
+  wide = _softmax.compute(d)
+  return [_softmax._true_class_tangent(labels, wide), jnp.sum(e * wide, axis=-1),
           jnp.sum(e * e * wide, axis=-1), jnp.sum(wide, axis=-1)]
 
 
@@ -58,8 +56,7 @@ def _xla_cotangent(z: Array, labels: Array, shift: Array, coefficients: Array) -
   k = lambda i: coefficients[..., i, None]
   squares = coefficients.shape[-1] == COUNT
   g = k(1) * e + (k(2) * e * e if squares else 0.0) + k(-1)
-  is_label = jax.lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1) == labels[..., None]
-  return (g + jnp.where(is_label, k(0), 0.0)).astype(z.dtype)
+  return (g + jnp.where(_softmax._is_class(z.shape, labels), k(0), 0.0)).astype(z.dtype)
 
 
 functionals_p = Primitive("lossjax_softmax_functionals")

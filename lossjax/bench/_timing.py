@@ -127,8 +127,8 @@ def interleaved_times(calls: dict, args, rounds: int, warmup: int = 0,
   calls made one after another in every round so that all see the same
   machine state (a shared machine drifts between tests); the first `warmup`
   rounds are not counted. Their order rotates by one every round: in a
-  fixed order, the call after one with a large output measured up to twice
-  its time (docs/measurement.md), which would bias every ratio between them.
+  fixed order, the call after one with a large output measured slower
+  (docs/measurement.md), which would bias every ratio between them.
 
   With `budget_s`, more than `rounds` rounds (up to `most_rounds`) as long as
   they fit in it: calls of milliseconds get enough rounds that a short burst
