@@ -137,17 +137,15 @@ def _native_brier_terms(stored: Array, labels: Array):
 def _native_brier_terms_jvp(primals, tangents):
   # Differentiated only for second derivatives (`_brier`'s own rule calls
   # the terms undifferentiated). The shift, the row max, has no derivative
-  # (as `_xla_brier_terms`' stop_gradient); with p = exp(z - c) / s:
-  # d s = sum_c s p_c dz_c, d log p_y = dz_y - sum_c p_c dz_c and
-  # d sum_c p_c^2 = 2 sum_c p_c^2 dz_c - 2 sum_c p_c^2 sum_c p_c dz_c.
+  # (as `_xla_brier_terms`' stop_gradient); with e = exp(z - c) = s p, from
+  # the softmax functionals: d s = sum_c e_c dz_c, d log p_y = dz_y - d s / s
+  # and d sum_c p_c^2 = 2 (sum_c e_c^2 dz_c / s^2 - sum_c p_c^2 d s / s).
   (stored, labels), (d_stored, _) = primals, tangents
   shift, sums, log_p_y, squares = terms = _native_brier_terms(stored, labels)
-  probs = jnp.exp(_softmax.compute(stored) - shift) / sums[..., None]
-  d_wide = _softmax.compute(d_stored)
-  mean = jnp.sum(probs * d_wide, axis=-1)
-  d_terms = (jnp.zeros_like(shift), sums * mean,
-             _softmax.take_class(d_wide, labels) - mean,
-             2.0 * (jnp.sum(jnp.square(probs) * d_wide, axis=-1) - squares * mean))
+  d_true, d_sums, d_squares, _ = _softmax_functionals.functionals(
+      d_stored, stored, shift[..., 0], labels)
+  d_terms = (jnp.zeros_like(shift), d_sums, d_true - d_sums / sums,
+             2.0 * (d_squares / jnp.square(sums) - squares * d_sums / sums))
   return terms, d_terms
 
 
