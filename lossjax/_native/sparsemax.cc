@@ -33,9 +33,10 @@ inline float Lowered(float x) {
 }
 
 #if defined(__AVX512F__)
-// Above's compare with AVX-512: above the level, or NaN (not <=, unordered),
-// so that a row's NaNs come out among its candidates and the max need not
-// look for them.
+// The candidates' compare with AVX-512: above the level, or unordered (not
+// <=). A long row's level is NaN while its running max is still -inf
+// (Lowered(-inf)), and then every logit is kept. A row's NaNs are found in
+// its first pass, apart.
 constexpr int kAboveOrNaN = _CMP_NLE_UQ;
 
 // The four vectors of logits at row[c, c + 4 kLanes), as float32 (bfloat16
@@ -58,7 +59,23 @@ inline void LoadFour(const T* row, int64_t c, __m512 (&x)[4]) {
 // Appends x's lanes in `keep` to out[count...].
 inline void Keep(__m512 x, __mmask16 keep, float* out, int64_t& count) {
   _mm512_storeu_ps(out + count, _mm512_maskz_compress_ps(keep, x));
-  count += __builtin_popcount(keep);
+  count += _mm_popcnt_u32(_cvtmask16_u32(keep));
+}
+
+// A group of four vectors' lanewise max (a NaN left out) ...
+inline __m512 GroupMax(const __m512 (&x)[4]) {
+  return _mm512_max_ps(_mm512_max_ps(x[0], x[1]), _mm512_max_ps(x[2], x[3]));
+}
+
+// ... and its lanes where any of the four is NaN.
+inline __mmask16 GroupNaN(const __m512 (&x)[4]) {
+  return _mm512_cmp_ps_mask(x[0], x[1], _CMP_UNORD_Q) | _mm512_cmp_ps_mask(x[2], x[3], _CMP_UNORD_Q);
+}
+
+// The candidates of a group whose max may pass `bar`, each vector's lanes
+// above it compressed to its front and stored whole.
+inline void KeepGroup(const __m512 (&x)[4], __m512 bar, float* out, int64_t& count) {
+  for (int k = 0; k < 4; ++k) Keep(x[k], _mm512_cmp_ps_mask(x[k], bar, kAboveOrNaN), out, count);
 }
 
 #endif
@@ -68,42 +85,12 @@ inline void Keep(__m512 x, __mmask16 keep, float* out, int64_t& count) {
 constexpr int64_t kOnePassFrom = 4096;
 
 // The logits of row[0, columns) above `level`, written to `out` (room for
-// `columns` + kLanes values); returns how many. With AVX-512, each vector's
-// lanes above the level are compressed to its front and the whole vector
-// stored (a row's few candidates lie at random places, and a branch on
-// each vector mispredicts: docs/measurement.md); elsewhere a vector
-// compare, then the rare vectors with any such lane one value at a time.
-//
-// float32 rows also fetch the same bytes of the next row each step, so that
-// its max (memory) overlaps this row's candidates (compute); bfloat16 rows
-// gained nothing from it beside the row after next's prefetch in `Rows`
-// (docs/measurement.md).
+// `columns` + kLanes values); returns how many: a vector compare, then the
+// rare vectors with any such lane one value at a time (AVX-512 takes
+// `AboveInGroups` instead).
 template <typename T>
 int64_t Above(const T* row, int64_t columns, float level, float* out) {
   int64_t count = 0, c = 0;
-#if defined(__AVX512F__)
-  const __m512 bar = _mm512_set1_ps(level);
-  const char* next = reinterpret_cast<const char*>(row + columns);
-  for (; c + 4 * kLanes <= columns; c += 4 * kLanes) {
-    if constexpr (sizeof(T) == 4)
-      for (int64_t b = 0; b < 4 * kLanes * 4; b += 64) __builtin_prefetch(next + 4 * c + b);
-    __m512 x[4];
-    LoadFour(row, c, x);
-    for (int k = 0; k < 4; ++k) Keep(x[k], _mm512_cmp_ps_mask(x[k], bar, kAboveOrNaN), out, count);
-  }
-  for (; c + kLanes <= columns; c += kLanes) {
-    const __m512 x = __m512(Load(row + c));
-    Keep(x, _mm512_cmp_ps_mask(x, bar, kAboveOrNaN), out, count);
-  }
-  if (c < columns && columns >= kLanes) {
-    // The last vector ends at the row's end, its lanes already seen left out.
-    const int64_t start = columns - kLanes;
-    const __m512 x = __m512(Load(row + start));
-    const __mmask16 fresh = __mmask16(0xFFFFu << (c - start));
-    Keep(x, _mm512_mask_cmp_ps_mask(fresh, x, bar, kAboveOrNaN), out, count);
-    c = columns;
-  }
-#else
   const Floats bar = Floats{} + level;
   for (; c + kLanes <= columns; c += kLanes) {
     const Floats x = Load(row + c);
@@ -114,7 +101,6 @@ int64_t Above(const T* row, int64_t columns, float level, float* out) {
     for (int i = 0; i < kLanes; ++i)
       if (above[i]) out[count++] = x[i];
   }
-#endif
   for (; c < columns; ++c) {
     const float x = LoadOne(row[c]);
     if (!(x <= level)) out[count++] = x;  // or NaN, as kAboveOrNaN
@@ -123,64 +109,107 @@ int64_t Above(const T* row, int64_t columns, float level, float* out) {
 }
 
 #if defined(__AVX512F__)
-// The max of four vectors' lanes.
-inline float LargestOf(const __m512 (&top)[4]) {
-  return _mm512_reduce_max_ps(
-      _mm512_max_ps(_mm512_max_ps(top[0], top[1]), _mm512_max_ps(top[2], top[3])));
-}
+// The groups of four vectors in a row searched in two passes, at most.
+constexpr int64_t kMostGroups = kOnePassFrom / (4 * kLanes);
 
-// The max of a row of at least kLanes logits, its NaNs left out (x86's max
-// returns its second operand where either is NaN).
+// A short row's first pass, from memory: its max (a NaN left out: x86's max
+// returns its second operand where either is NaN), each whole group's
+// lanewise max into `groups`, and whether the row holds a NaN. float32 rows
+// also fetch the same bytes of the next row each step, so that its reads
+// overlap this row's search.
 template <typename T>
-float MaxLeavingNaN(const T* row, int64_t columns) {
-  __m512 top[4];
-  for (int k = 0; k < 4; ++k) top[k] = _mm512_set1_ps(kMinusInf);
+float MaxAndGroupMaxima(const T* row, int64_t columns, __m512* groups, bool& nan) {
+  __m512 top = _mm512_set1_ps(kMinusInf);
+  __mmask16 unordered = 0;
+  const char* next = reinterpret_cast<const char*>(row + columns);
   int64_t c = 0;
-  for (; c + 4 * kLanes <= columns; c += 4 * kLanes) {
+  for (int64_t g = 0; c + 4 * kLanes <= columns; c += 4 * kLanes, ++g) {
+    if constexpr (sizeof(T) == 4)
+      for (int64_t b = 0; b < 4 * kLanes * 4; b += 64) __builtin_prefetch(next + 4 * c + b);
     __m512 x[4];
     LoadFour(row, c, x);
-    for (int k = 0; k < 4; ++k) top[k] = _mm512_max_ps(x[k], top[k]);
+    groups[g] = GroupMax(x);
+    top = _mm512_max_ps(groups[g], top);
+    unordered |= GroupNaN(x);
   }
-  for (; c + kLanes <= columns; c += kLanes) top[0] = _mm512_max_ps(__m512(Load(row + c)), top[0]);
-  if (c < columns) top[1] = _mm512_max_ps(__m512(Load(row + columns - kLanes)), top[1]);
-  return LargestOf(top);
+  for (; c < columns; c += kLanes) {
+    // The last vector ends at the row's end (a max may see a value twice).
+    const __m512 x = __m512(Load(row + std::min(c, columns - kLanes)));
+    top = _mm512_max_ps(x, top);
+    unordered |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  }
+  nan = unordered != 0;
+  return _mm512_reduce_max_ps(top);
 }
 
-// A long row's max and candidates in one pass: the logits above (the running
-// max - 1), or NaN, the level raised every 16 steps of 4 vectors, skipping on
-// a branch the steps with none (few, in a long row: predictable); then those
-// above the final max - 1 kept. `out` has room for `columns` + kLanes values.
+// The second pass: the logits above `level`, as `Above`, read again (from
+// cache) only in the groups whose max passes it and in the vectors past the
+// whole groups. A row's few candidates lie in a few groups at random places:
+// the groups to read are collected first, as bits, and then visited (a
+// branch on each group mispredicts; so did one on each vector,
+// docs/measurement.md).
 template <typename T>
-float MaxAndCandidates(const T* row, int64_t columns, float* out, int64_t& taken) {
-  __m512 top[4];
-  for (int k = 0; k < 4; ++k) top[k] = _mm512_set1_ps(kMinusInf);
-  __m512 bar = _mm512_set1_ps(kMinusInf);
-  int64_t count = 0, c = 0;
-  for (int64_t step = 0; c + 4 * kLanes <= columns; c += 4 * kLanes, ++step) {
+int64_t AboveInGroups(const T* row, int64_t columns, const __m512* groups, float level,
+                      float* out) {
+  const __m512 bar = _mm512_set1_ps(level);
+  const int64_t whole = columns / (4 * kLanes);
+  uint64_t hot = 0;
+  for (int64_t g = 0; g < whole; ++g)
+    hot |= uint64_t(_mm512_cmp_ps_mask(groups[g], bar, kAboveOrNaN) != 0) << g;
+  int64_t count = 0;
+  for (; hot; hot &= hot - 1) {
     __m512 x[4];
-    LoadFour(row, c, x);
-    __mmask16 above[4];
-    for (int k = 0; k < 4; ++k) {
-      top[k] = _mm512_max_ps(x[k], top[k]);
-      above[k] = _mm512_cmp_ps_mask(x[k], bar, kAboveOrNaN);
-    }
-    if (above[0] | above[1] | above[2] | above[3])
-      for (int k = 0; k < 4; ++k) Keep(x[k], above[k], out, count);
-    if (step % 16 == 0) bar = _mm512_set1_ps(Lowered(LargestOf(top) - 1.0f));
+    LoadFour(row, 4 * kLanes * __builtin_ctzll(hot), x);
+    KeepGroup(x, bar, out, count);
   }
+  int64_t c = whole * 4 * kLanes;
   for (; c + kLanes <= columns; c += kLanes) {
     const __m512 x = __m512(Load(row + c));
-    top[0] = _mm512_max_ps(x, top[0]);
     Keep(x, _mm512_cmp_ps_mask(x, bar, kAboveOrNaN), out, count);
   }
   if (c < columns) {
+    // The last vector ends at the row's end, its lanes already seen left out.
     const int64_t start = columns - kLanes;
     const __m512 x = __m512(Load(row + start));
-    top[1] = _mm512_max_ps(x, top[1]);
-    Keep(x, _mm512_mask_cmp_ps_mask(__mmask16(0xFFFFu << (c - start)), x, bar, kAboveOrNaN), out,
-         count);
+    const __mmask16 fresh = __mmask16(0xFFFFu << (c - start));
+    Keep(x, _mm512_mask_cmp_ps_mask(fresh, x, bar, kAboveOrNaN), out, count);
   }
-  const float m = LargestOf(top);
+  return count;
+}
+
+// A long row's max and candidates in one pass: the groups whose max passes
+// (the running max - 1) keep their logits above it, the level raised every
+// 16 groups, the rest skipped on a branch (few take it, in a long row:
+// predictable); then those above the final max - 1 kept. The bytes 8 KiB
+// ahead are prefetched, as `AddBulk`'s. Whether the row
+// holds a NaN comes out in `nan`. `out` has room for `columns` + kLanes
+// values.
+template <typename T>
+float MaxAndCandidates(const T* row, int64_t columns, float* out, int64_t& taken, bool& nan) {
+  __m512 top = _mm512_set1_ps(kMinusInf), bar = top;
+  __mmask16 unordered = 0;
+  int64_t count = 0, c = 0;
+  for (int64_t step = 0; c + 4 * kLanes <= columns; c += 4 * kLanes, ++step) {
+    for (int64_t b = 0; b < 4 * kLanes * int64_t(sizeof(T)); b += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(row + c) + kPrefetchBytes + b);
+    __m512 x[4];
+    LoadFour(row, c, x);
+    const __m512 most = GroupMax(x);
+    top = _mm512_max_ps(most, top);
+    unordered |= GroupNaN(x);
+    if (_mm512_cmp_ps_mask(most, bar, kAboveOrNaN)) KeepGroup(x, bar, out, count);
+    if (step % 16 == 0) bar = _mm512_set1_ps(Lowered(_mm512_reduce_max_ps(top) - 1.0f));
+  }
+  for (; c < columns; c += kLanes) {
+    const int64_t start = std::min(c, columns - kLanes);
+    const __m512 x = __m512(Load(row + start));
+    top = _mm512_max_ps(x, top);
+    unordered |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    Keep(x, _mm512_mask_cmp_ps_mask(__mmask16(0xFFFFu << (c - start)), x, bar, kAboveOrNaN),
+         out, count);
+  }
+  nan = unordered != 0;
+  const float m = _mm512_reduce_max_ps(top);
   // In place: each vector is stored at or before where it was read.
   const __m512 level = _mm512_set1_ps(Lowered(m - 1.0f));
   taken = 0;
@@ -248,40 +277,40 @@ inline Solution Michelot(const float* candidates, int64_t taken, float top) {
 }
 
 #if defined(__AVX512F__)
-// The same from at most kLanes candidates, with no rounds: sorted, a value
-// c of rank r (counting ties: the values >= c) is in the support iff
-// 1 + r c > the sum of the r largest, |S| is the largest such r, and the
-// support is the values of rank <= |S|. Each lane's rank and sum come from
-// all lanes at once, a compare and two masked adds for each lane in turn
-// (the rounds wait on one another, a division each: docs/measurement.md).
-// The sums are float32, relative to m, of values in [-1, 0]; the lanes past
-// the candidates are -inf and never count.
+// The same from at most kLanes candidates, with no rounds: sorted, with
+// S_r the sum of the r largest, tau_r = (S_r - 1) / r rises with r while the
+// r-th largest lies above tau_{r-1} (tau_r - tau_{r-1} = (z_(r) -
+// tau_{r-1}) / r), that is while it is in the support, and falls after:
+// tau is the largest tau_r. Each lane's rank r (counting ties: the values
+// >= its own) and S_r come from all lanes at once, a compare and two masked
+// adds for each lane in turn, broadcast from the register (the rounds wait
+// on one another, a division each: docs/measurement.md; a loop as long as
+// the candidates mispredicts its end); then one division for all lanes and
+// one max. The sums are float32, relative to m,
+// of values in [-1, 0]; the lanes past the candidates are -inf and never
+// count.
 inline Solution FewCandidates(const float* candidates, int64_t taken, float top) {
   const __mmask16 valid = __mmask16((1u << taken) - 1);
   const __m512 raw = _mm512_maskz_loadu_ps(valid, candidates);
-  const __m512 below = _mm512_sub_ps(raw, _mm512_set1_ps(top));
-  const __m512 shifted = _mm512_mask_blend_ps(valid, _mm512_set1_ps(kMinusInf), below);
-  alignas(64) float each[kLanes];
-  _mm512_store_ps(each, shifted);
+  const __m512 shifted =
+      _mm512_mask_sub_ps(_mm512_set1_ps(kMinusInf), valid, raw, _mm512_set1_ps(top));
   __m512i rank = _mm512_setzero_si512();
   __m512 sum = _mm512_setzero_ps();
   const __m512i one = _mm512_set1_epi32(1);
   for (int j = 0; j < kLanes; ++j) {
-    const __m512 value = _mm512_set1_ps(each[j]);
+    const __m512 value = _mm512_permutexvar_ps(_mm512_set1_epi32(int32_t(j)), shifted);
     const __mmask16 counted = _mm512_cmp_ps_mask(value, shifted, _CMP_GE_OQ);
     rank = _mm512_mask_add_epi32(rank, counted, rank, one);
     sum = _mm512_mask_add_ps(sum, counted, sum, value);
   }
-  const __m512 test = _mm512_fmadd_ps(_mm512_cvtepi32_ps(rank), shifted, _mm512_set1_ps(1.0f));
-  const __mmask16 in = _mm512_mask_cmp_ps_mask(valid, test, sum, _CMP_GT_OQ);
-  const int size = _mm512_mask_reduce_max_epi32(in, rank);
-  const __mmask16 support =
-      _mm512_mask_cmp_epi32_mask(valid, rank, _mm512_set1_epi32(size), _MM_CMPINT_LE);
-  const double excess_sum = _mm512_mask_reduce_add_ps(support, shifted);
-  const float threshold = float(double(top) + (excess_sum - 1.0) / double(size));
-  const __m512 excess = _mm512_maskz_sub_ps(support, raw, _mm512_set1_ps(threshold));
-  const __m512 positive = _mm512_max_ps(excess, _mm512_setzero_ps());
-  return {threshold, float(size), _mm512_reduce_add_ps(_mm512_mul_ps(positive, positive))};
+  const __m512 each = _mm512_maskz_div_ps(valid, _mm512_sub_ps(sum, _mm512_set1_ps(1.0f)),
+                                          _mm512_cvtepi32_ps(rank));
+  const float threshold = top + _mm512_mask_reduce_max_ps(valid, each);
+  const __m512 level = _mm512_set1_ps(threshold);
+  const __mmask16 support = _mm512_mask_cmp_ps_mask(valid, raw, level, _CMP_GT_OQ);
+  const __m512 excess = _mm512_maskz_sub_ps(support, raw, level);
+  return {threshold, float(_mm_popcnt_u32(_cvtmask16_u32(support))),
+          _mm512_reduce_add_ps(_mm512_mul_ps(excess, excess))};
 }
 #endif
 
@@ -290,6 +319,9 @@ void Rows(const T* logits, const int32_t* labels, float* tau, float* support, fl
           float* true_logit, int64_t first, int64_t last, int64_t columns) {
   std::unique_ptr<float[]> room(new float[columns + kLanes]);
   float* const candidates = room.get();
+#if defined(__AVX512F__)
+  __m512 groups[kMostGroups];
+#endif
   const int64_t ahead = std::min<int64_t>(columns * sizeof(T), kPrefetchRowBytes);
   for (int64_t r = first; r < last; ++r) {
     const T* row = logits + r * columns;
@@ -302,24 +334,22 @@ void Rows(const T* logits, const int32_t* labels, float* tau, float* support, fl
     }
     float top;
     int64_t taken = 0;
+    bool nan = false;
 #if defined(__AVX512F__)
     if (columns >= kOnePassFrom) {
-      top = MaxAndCandidates(row, columns, candidates, taken);
-    } else {
-      top = columns >= kLanes ? MaxLeavingNaN(row, columns) : RowMax(row, columns);
+      top = MaxAndCandidates(row, columns, candidates, taken, nan);
+    } else if (columns >= kLanes) {
+      top = MaxAndGroupMaxima(row, columns, groups, nan);
+      if (std::isfinite(top) && !nan)
+        taken = AboveInGroups(row, columns, groups, Lowered(top - 1.0f), candidates);
+    } else
+#endif
+    {
+      top = RowMax(row, columns);
       if (std::isfinite(top)) taken = Above(row, columns, Lowered(top - 1.0f), candidates);
     }
-#else
-    top = RowMax(row, columns);
-    if (std::isfinite(top)) taken = Above(row, columns, Lowered(top - 1.0f), candidates);
-#endif
-    if (!std::isfinite(top)) {
-      tau[r] = support[r] = squares[r] = kNaN;
-      continue;
-    }
-    bool any_nan = false;
-    for (int64_t i = 0; i < taken; ++i) any_nan |= candidates[i] != candidates[i];
-    if (any_nan) {
+    // RowMax is NaN for a row with a NaN; the AVX-512 passes say so in `nan`.
+    if (!std::isfinite(top) || nan) {
       tau[r] = support[r] = squares[r] = kNaN;
       continue;
     }
