@@ -271,6 +271,14 @@ def test_binary_sparsemax_at_its_kinks_and_far_out(label_dtype):
                              rtol=2e-7, atol=0)
   twos = jax.jit(lossjax.sparsemax_loss)(jnp.asarray(z), jnp.full(z.shape, 2, jnp.int32))
   np.testing.assert_allclose(np.asarray(twos, np.float64), sparseplus(-3.0 * z), rtol=2e-7)
+  # From SELECT_FORM_BELOW logits on, another form of the same arithmetic:
+  # the same values, bit for bit, NaN included.
+  copies = -(-_sparsemax.SELECT_FORM_BELOW // z.size)
+  many_z, many_y = np.tile(np.append(z, np.nan), copies), np.tile(np.append(y, 1), copies)
+  few = jax.jit(lossjax.sparsemax_loss)(jnp.asarray(many_z[:z.size + 1]),
+                                        jnp.asarray(many_y[:z.size + 1], label_dtype))
+  many = jax.jit(lossjax.sparsemax_loss)(jnp.asarray(many_z), jnp.asarray(many_y, label_dtype))
+  np.testing.assert_array_equal(np.asarray(many), np.tile(np.asarray(few), copies))
 
 
 def test_sparsemax_is_the_simplex_projection(rng):
