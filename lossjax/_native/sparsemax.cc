@@ -248,17 +248,55 @@ struct Solution {
   float squares;
 };
 
-// Michelot's rounds on the candidates from t = m - 1, in float64.
+// Eight float64 lanes (GCC's and Clang's vector extensions).
+typedef double Doubles __attribute__((vector_size(64)));
+typedef int64_t Longs __attribute__((vector_size(64)));
+typedef float Eight __attribute__((vector_size(32)));
+
+// candidates[i, i + 8) as float64.
+inline Doubles LoadEight(const float* candidates, int64_t i) {
+  Eight x;
+  std::memcpy(&x, candidates + i, sizeof x);
+  return __builtin_convertvector(x, Doubles);
+}
+
+// Michelot's rounds on the candidates from t = m - 1, in float64: each
+// round's compare and sums eight candidates at a time, in two accumulators.
+// Rows whose logits lie close together (small logits, as at a model's
+// initialization) have hundreds of candidates and take 4-8 rounds; one at a
+// time, each round's sum waited on its previous addition (docs/measurement.md).
 inline Solution Michelot(const float* candidates, int64_t taken, float top) {
   double t = double(top) - 1.0;
   int64_t size = -1;
   // Each round but the last leaves a candidate out: at most one round more
   // than there are candidates (a bound against rounding, never reached).
   for (int64_t round = 0; round <= taken; ++round) {
-    int64_t count = 0;
+    const Doubles bar = Doubles{} + t;
+    Doubles sum_a = Doubles{}, sum_b = Doubles{};
+    Longs count_a = Longs{}, count_b = Longs{};  // minus the counts: a true compare is -1
+    int64_t i = 0;
+    for (; i + 16 <= taken; i += 16) {
+      const Doubles a = LoadEight(candidates, i), b = LoadEight(candidates, i + 8);
+      const Longs in_a = a > bar, in_b = b > bar;
+      sum_a += in_a ? a : Doubles{};
+      sum_b += in_b ? b : Doubles{};
+      count_a += in_a;
+      count_b += in_b;
+    }
+    if (i + 8 <= taken) {
+      const Doubles a = LoadEight(candidates, i);
+      const Longs in_a = a > bar;
+      sum_a += in_a ? a : Doubles{};
+      count_a += in_a;
+      i += 8;
+    }
     double sum = 0.0;
-    // No branch: which candidates stay is no pattern a predictor learns.
-    for (int64_t i = 0; i < taken; ++i) {
+    int64_t count = 0;
+    for (int k = 0; k < 8; ++k) {
+      sum += sum_a[k] + sum_b[k];
+      count -= count_a[k] + count_b[k];
+    }
+    for (; i < taken; ++i) {
       const bool in = candidates[i] > t;
       count += in;
       sum += in ? double(candidates[i]) : 0.0;
@@ -268,12 +306,20 @@ inline Solution Michelot(const float* candidates, int64_t taken, float top) {
     t = (sum - 1.0) / double(count);
   }
   const float threshold = float(t);
-  double squares = 0.0;
-  for (int64_t i = 0; i < taken; ++i) {
-    const double excess = std::max(double(candidates[i]) - double(threshold), 0.0);
-    squares += excess * excess;
+  const Doubles level = Doubles{} + double(threshold);
+  Doubles squares = Doubles{};
+  int64_t i = 0;
+  for (; i + 8 <= taken; i += 8) {
+    const Doubles excess = LoadEight(candidates, i) - level;
+    squares += excess > 0.0 ? excess * excess : Doubles{};
   }
-  return {threshold, float(size), float(squares)};
+  double total = 0.0;
+  for (int k = 0; k < 8; ++k) total += squares[k];
+  for (; i < taken; ++i) {
+    const double excess = std::max(double(candidates[i]) - double(threshold), 0.0);
+    total += excess * excess;
+  }
+  return {threshold, float(size), float(total)};
 }
 
 #if defined(__AVX512F__)
