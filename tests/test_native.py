@@ -25,6 +25,14 @@ CLASSES = (1, 2, 15, 16, 17, 31, 33, 64, 65, 127, 130, 1000, 1001)
 DTYPES = (jnp.float32, jnp.bfloat16)
 
 
+@pytest.fixture(autouse=True)
+def _kernels_asked_for(monkeypatch):
+  # The kernels run here on any build: without AVX-512 lossjax would leave
+  # them for XLA's operations (`_native.takes`), and these tests would not
+  # test them. Tests of LOSSJAX_NATIVE itself set it again.
+  monkeypatch.setenv("LOSSJAX_NATIVE", "1")
+
+
 def _native_statistics(values, labels):
   assert _native.takes(values), "the native kernel did not build (see the warning)"
   return jax.jit(lambda v, y: _native.rival_and_true_logit(v, y, None))(values, labels)
@@ -502,14 +510,35 @@ def test_the_portable_build_computes_the_same(tmp_path):
   # file's kernel tests against NumPy again, in a process with that build
   # (the losses' comparisons with XLA's form left to the native build: they
   # run the kernels tested here).
-  env = {**os.environ, "LOSSJAX_NATIVE_ARCH": "x86-64-v3", "LOSSJAX_CACHE": str(tmp_path)}
+  # LOSSJAX_NATIVE=1: such a build runs only when asked for (its paths are
+  # slower than XLA's operations), which the second process checks.
+  env = {**os.environ, "LOSSJAX_NATIVE_ARCH": "x86-64-v3", "LOSSJAX_CACHE": str(tmp_path),
+         "LOSSJAX_NATIVE": "1"}
   env.pop("PYTEST_XDIST_WORKER", None)
   done = subprocess.run(
       [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__,
        "-k", "not portable and not build and not as_xla_computes and not every_mode "
-             "and not second_derivatives"], env=env, capture_output=True, text=True, timeout=600)
+             "and not second_derivatives and not modes"],
+      env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   assert list((tmp_path / "native").glob("kernels-*.so"))
+  check = ("import jax.numpy as jnp; from lossjax import _native; "
+           "print(_native.vectorized(), _native.takes(jnp.zeros((2, 300))))")
+  for mode, want in (("auto", "False False"), ("1", "False True")):
+    done = subprocess.run([sys.executable, "-c", check], env={**env, "LOSSJAX_NATIVE": mode},
+                          capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == want.split(), done.stdout + done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("mode, uses", [("auto", True), ("", True), ("1", True), ("0", False)])
+def test_native_modes(mode, uses, monkeypatch):
+  # This machine's build has the AVX-512 paths (the suite's kernel tests
+  # need them); `auto`, the default, takes them, `0` never.
+  monkeypatch.setenv("LOSSJAX_NATIVE", mode)
+  assert _native.takes(jnp.zeros((2, 300))) == (uses and _native.vectorized())
+  monkeypatch.setenv("LOSSJAX_NATIVE", "yes")
+  with pytest.raises(ValueError, match="LOSSJAX_NATIVE must be auto, 1 or 0, got 'yes'"):
+    _native.takes(jnp.zeros((2, 300)))
 
 
 def test_export_for_cpu_takes_xla_operations(monkeypatch):

@@ -25,7 +25,9 @@ library per source, jaxlib and processor, and then loaded from there. Where
 they cannot be built (no compiler, no JAX FFI headers), lossjax warns once and
 computes the same numbers with XLA's own operations (the softmax statistics to
 float32 rounding); ``LOSSJAX_NATIVE=0``
-chooses that without trying. Other platforms (GPU, TPU) always take XLA's
+chooses that without trying. Built without AVX-512 (another x86-64 processor,
+ARM), their portable paths are slower than XLA's own operations, so lossjax
+takes those there too, unless ``LOSSJAX_NATIVE=1`` (the default is ``auto``). Other platforms (GPU, TPU) always take XLA's
 operations (``jax.lax.platform_dependent``).
 """
 
@@ -68,9 +70,17 @@ class BuildError(RuntimeError):
   """The native kernels could not be compiled or loaded."""
 
 
+def _mode() -> str:
+  """``$LOSSJAX_NATIVE``: ``auto`` (the default), ``1`` or ``0``."""
+  value = os.environ.get("LOSSJAX_NATIVE", "auto").strip().lower() or "auto"
+  if value not in ("auto", "1", "0"):
+    raise ValueError(f"LOSSJAX_NATIVE must be auto, 1 or 0, got {value!r}.")
+  return value
+
+
 def enabled() -> bool:
-  """Whether ``LOSSJAX_NATIVE`` allows the native kernels (anything but 0)."""
-  return os.environ.get("LOSSJAX_NATIVE", "1").strip() != "0"
+  """Whether ``LOSSJAX_NATIVE`` allows the native kernels (``auto`` or ``1``)."""
+  return _mode() != "0"
 
 
 def cache_folder() -> pathlib.Path:
@@ -153,11 +163,22 @@ def _registered() -> bool:
   return True
 
 
+@functools.cache
+def vectorized() -> bool:
+  """Whether the kernels were built with their AVX-512 paths (call it where
+  `_registered()`). Their portable paths (GCC's vector extensions: AVX2,
+  NEON) measured slower than XLA's own operations limited to AVX2: 65536x1000
+  float32 forward, cross-entropy 7.7x, hinge 2.8x, sparsemax 1.6x XLA's time
+  (docs/measurement.md)."""
+  return bool(ctypes.cdll.LoadLibrary(str(build())).LossjaxNativeVectorized())
+
+
 def takes(values: Array) -> bool:
   """Whether the functions below run a native kernel for these logits on
-  CPU: float32 or bfloat16, and the kernels built."""
+  CPU: float32 or bfloat16, the kernels built and, unless
+  ``LOSSJAX_NATIVE=1``, built with AVX-512 (`vectorized`)."""
   return (values.dtype in (jnp.float32, jnp.bfloat16) and values.ndim >= 1 and enabled()
-          and _registered())
+          and _registered() and (_mode() == "1" or vectorized()))
 
 
 def _by_kernel(target: str, outputs: int, xla_form, values: Array, *labels: Array,

@@ -345,3 +345,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxSoftmaxStatisticsAndRowSum,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LossjaxSoftmaxCotangent, lossjax::SoftmaxCotangent,
                               LOSSJAX_BIND_LOGITS LOSSJAX_LABELS LOSSJAX_F32_OPERAND
                                   LOSSJAX_F32_OPERAND.Ret<lossjax::ffi::AnyBuffer>());
+
+// Whether this build took the kernels' AVX-512 paths: lossjax uses the
+// kernels by default only where it did, as their portable paths measured
+// slower than XLA's own operations (lossjax/_native/__init__.py).
+extern "C" int LossjaxNativeVectorized() {
+#if defined(__AVX512F__)
+  return 1;
+#else
+  return 0;
+#endif
+}
