@@ -27,8 +27,9 @@ computes the same numbers with XLA's own operations (the softmax statistics to
 float32 rounding); ``LOSSJAX_NATIVE=0``
 chooses that without trying. Built without AVX-512 (another x86-64 processor,
 ARM), their portable paths are slower than XLA's own operations, so lossjax
-takes those there too, unless ``LOSSJAX_NATIVE=1`` (the default is ``auto``). Other platforms (GPU, TPU) always take XLA's
-operations (``jax.lax.platform_dependent``).
+takes those there too, unless ``LOSSJAX_NATIVE=1`` (the default is ``auto``).
+Other platforms (GPU, TPU) always take XLA's operations
+(``jax.lax.platform_dependent``).
 """
 
 from __future__ import annotations

@@ -181,9 +181,8 @@ int64_t AboveInGroups(const T* row, int64_t columns, const __m512* groups, float
 // (the running max - 1) keep their logits above it, the level raised every
 // 16 groups, the rest skipped on a branch (few take it, in a long row:
 // predictable); then those above the final max - 1 kept. The bytes 8 KiB
-// ahead are prefetched, as `AddBulk`'s. Whether the row
-// holds a NaN comes out in `nan`. `out` has room for `columns` + kLanes
-// values.
+// ahead are prefetched, as `AddBulk`'s. Whether the row holds a NaN comes
+// out in `nan`. `out` has room for `columns` + kLanes values.
 template <typename T>
 float MaxAndCandidates(const T* row, int64_t columns, float* out, int64_t& taken, bool& nan) {
   __m512 top = _mm512_set1_ps(kMinusInf), bar = top;
@@ -332,9 +331,8 @@ inline Solution Michelot(const float* candidates, int64_t taken, float top) {
 // adds for each lane in turn, broadcast from the register (the rounds wait
 // on one another, a division each: docs/measurement.md; a loop as long as
 // the candidates mispredicts its end); then one division for all lanes and
-// one max. The sums are float32, relative to m,
-// of values in [-1, 0]; the lanes past the candidates are -inf and never
-// count.
+// one max. The sums are float32, relative to m, of values in [-1, 0]; the
+// lanes past the candidates are -inf and never count.
 inline Solution FewCandidates(const float* candidates, int64_t taken, float top) {
   const __mmask16 valid = __mmask16((1u << taken) - 1);
   const __m512 raw = _mm512_maskz_loadu_ps(valid, candidates);
