@@ -392,7 +392,7 @@ def test_a_failed_build_names_the_compiler_and_falls_back(tmp_path, monkeypatch)
   with pytest.raises(_native.BuildError, match="no-such-compiler.*CXX"):
     _native.build()
   with pytest.warns(RuntimeWarning, match="could not be built.*same numbers"):
-    assert _native._registered.__wrapped__() is False
+    assert _native._library.__wrapped__() is None
   fake = tmp_path / "broken-c++"
   fake.write_text("#!/bin/sh\necho 'margin.cc: error: something broke' >&2\nexit 1\n")
   fake.chmod(0o755)

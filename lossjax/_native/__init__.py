@@ -147,9 +147,9 @@ def build() -> pathlib.Path:
 
 
 @functools.cache
-def _registered() -> bool:
-  """Builds, loads and registers the kernel once a process; False (after one
-  warning) where that fails."""
+def _library() -> ctypes.CDLL | None:
+  """Builds, loads and registers the kernels once a process: their library,
+  or None (after one warning) where that fails."""
   try:
     library = ctypes.cdll.LoadLibrary(str(build()))
     for target, symbol in _TARGETS.items():
@@ -159,27 +159,31 @@ def _registered() -> bool:
     warnings.warn(f"lossjax: its CPU kernels could not be built, so the softmax, margin and "
                   f"sparsemax losses use XLA's slower operations (same numbers). {error}",
                   RuntimeWarning,
-                  stacklevel=3)
-    return False
-  return True
+                  stacklevel=4)
+    return None
+  return library
 
 
 @functools.cache
 def vectorized() -> bool:
   """Whether the kernels were built with their AVX-512 paths (call it where
-  `_registered()`). Their portable paths (GCC's vector extensions: AVX2,
-  NEON) measured slower than XLA's own operations limited to AVX2: 65536x1000
-  float32 forward, cross-entropy 7.7x, hinge 2.8x, sparsemax 1.6x XLA's time
-  (docs/measurement.md)."""
-  return bool(ctypes.cdll.LoadLibrary(str(build())).LossjaxNativeVectorized())
+  they loaded, `_library()`). Their portable paths (GCC's vector extensions:
+  AVX2, NEON) measured slower than XLA's own operations limited to AVX2:
+  65536x1000 float32 forward, cross-entropy 7.7x, hinge 2.8x, sparsemax 1.6x
+  XLA's time (docs/measurement.md)."""
+  return bool(_library().LossjaxNativeVectorized())
+
+
+def runs() -> bool:
+  """Whether the native kernels run on CPU: ``LOSSJAX_NATIVE`` allows them,
+  they built and, unless ``LOSSJAX_NATIVE=1``, with AVX-512 (`vectorized`)."""
+  return enabled() and _library() is not None and (_mode() == "1" or vectorized())
 
 
 def takes(values: Array) -> bool:
   """Whether the functions below run a native kernel for these logits on
-  CPU: float32 or bfloat16, the kernels built and, unless
-  ``LOSSJAX_NATIVE=1``, built with AVX-512 (`vectorized`)."""
-  return (values.dtype in (jnp.float32, jnp.bfloat16) and values.ndim >= 1 and enabled()
-          and _registered() and (_mode() == "1" or vectorized()))
+  CPU: float32 or bfloat16, where the kernels run (`runs`)."""
+  return values.dtype in (jnp.float32, jnp.bfloat16) and values.ndim >= 1 and runs()
 
 
 def _by_kernel(target: str, outputs: int, xla_form, values: Array, *labels: Array,

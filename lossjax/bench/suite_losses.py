@@ -142,7 +142,7 @@ def _floor_programs(kind: str) -> dict:
     return jnp.sum(_softmax.class_statistics(z, y)[1])
   programs = {"naive": naive, "shifted": shifted, "log_normalizer": lambda z, y: jnp.sum(
       _softmax.log_normalizer(z)) + _labels_read(y)}
-  return {**programs, "native_kernel": kernel} if _native.enabled() else programs
+  return {**programs, "native_kernel": kernel} if _native.runs() else programs
 
 
 FLOOR_KINDS = ("read", "softmax", "sigmoid", "sigmoid_focal", "threshold", "binary_read")
