@@ -168,9 +168,8 @@ def _library() -> ctypes.CDLL | None:
 def vectorized() -> bool:
   """Whether the kernels were built with their AVX-512 paths (call it where
   they loaded, `_library()`). Their portable paths (GCC's vector extensions:
-  AVX2, NEON) measured slower than XLA's own operations limited to AVX2:
-  65536x1000 float32 forward, cross-entropy 7.7x, hinge 2.8x, sparsemax 1.6x
-  XLA's time (docs/measurement.md)."""
+  AVX2, NEON) measured several times slower than XLA's own operations
+  limited to AVX2 (docs/measurement.md)."""
   return bool(_library().LossjaxNativeVectorized())
 
 

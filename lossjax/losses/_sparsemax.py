@@ -481,9 +481,9 @@ def _sparseplus_terms(logits, labels, zero=0.0, one=1.0):
 
 # Below this many logits, binary sparsemax takes sparseplus' selects (optax's
 # form): XLA:CPU then runs the whole loss as one loop and a plain sum, where
-# its library kernel's chain of the form below took 1.3-1.5x optax's time;
-# at 32768x10 (327,680 logits) and 4096x100 that chain is 1.9-2.3x faster
-# than the selects (docs/measurement.md). Values are identical.
+# its library kernel's chain of the form below was slower than optax; from
+# 32768x10 (327,680 logits) on, that chain is the faster
+# (docs/measurement.md). Values are identical.
 SELECT_FORM_BELOW = 2 ** 18
 
 
