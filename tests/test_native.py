@@ -475,12 +475,14 @@ def test_sparsemax_loss_as_xla_computes_it(dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("classes", (4096, 4133, 32000))
+@pytest.mark.parametrize("classes", (4096, 4133, 4325, 32000))
 def test_sparsemax_threshold_of_long_rows(classes, dtype):
-  # Rows this long take their max and candidates in one pass, the level
-  # following the running max: rows in ascending order keep raising it (most
-  # logits are candidates for a while), and a NaN or an infinity anywhere in
-  # a row must still show.
+  # Rows this long take their max and candidates in one pass in float32, the
+  # level following the running max: rows in ascending order keep raising it
+  # (most logits are candidates for a while); in bfloat16 through the maxima
+  # of spans of 256 logits, the groups and vectors past the whole spans
+  # (4133, 4325 classes) read again one vector at a time. A NaN or an
+  # infinity anywhere in a row must still show.
   rng = np.random.default_rng(classes)
   scale = np.exp(rng.uniform(-4, 3, (12, 1)))
   values = rng.standard_normal((12, classes)) * scale

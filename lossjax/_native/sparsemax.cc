@@ -80,14 +80,20 @@ inline void KeepGroup(const __m512 (&x)[4], __m512 bar, float* out, int64_t& cou
 
 #endif
 
-// Rows at least this long take their max and candidates in one pass
-// (`MaxAndCandidates`); shorter ones in two, the second from cache.
-constexpr int64_t kOnePassFrom = 4096;
+// A row's candidates come from two passes, the second from cache through
+// the first's maxima of spans of groups (`MaxAndSpanMaxima`, `AboveInSpans`):
+// spans of one group in rows shorter than this; of kLongSpan groups in
+// longer bfloat16 rows; longer float32 rows take one pass
+// (`MaxAndCandidates`). A bfloat16 row's pass from cache runs at the
+// speed of its instructions, which a compare on each group added to
+// (docs/measurement.md); float32 rows, twice the bytes, wait on memory.
+constexpr int64_t kLongFrom = 4096;
+constexpr int64_t kLongSpan = 4;
 
 // The logits of row[0, columns) above `level`, written to `out` (room for
 // `columns` + kLanes values); returns how many: a vector compare, then the
 // rare vectors with any such lane one value at a time (AVX-512 takes
-// `AboveInGroups` instead).
+// `AboveInSpans` instead).
 template <typename T>
 int64_t Above(const T* row, int64_t columns, float level, float* out) {
   int64_t count = 0, c = 0;
@@ -109,28 +115,33 @@ int64_t Above(const T* row, int64_t columns, float level, float* out) {
 }
 
 #if defined(__AVX512F__)
-// The groups of four vectors in a row searched in two passes, at most.
-constexpr int64_t kMostGroups = kOnePassFrom / (4 * kLanes);
+// The groups of four vectors in a short row, at most.
+constexpr int64_t kMostGroups = kLongFrom / (4 * kLanes);
 
-// A short row's first pass, from memory: its max (a NaN left out: x86's max
-// returns its second operand where either is NaN), each whole group's
-// lanewise max into `groups`, and whether the row holds a NaN. float32 rows
-// also fetch the same bytes of the next row each step, so that its reads
-// overlap this row's search.
-template <typename T>
-float MaxAndGroupMaxima(const T* row, int64_t columns, __m512* groups, bool& nan) {
+// A row's first pass, from memory: its max (a NaN left out: x86's max
+// returns its second operand where either is NaN), each whole span's
+// lanewise max into `spans` (a span: kSpan groups), and whether the row holds
+// a NaN. Each step fetches the bytes `ahead` past it (none where 0).
+template <int64_t kSpan, typename T>
+float MaxAndSpanMaxima(const T* row, int64_t columns, int64_t ahead, __m512* spans, bool& nan) {
+  constexpr int64_t kWidth = 4 * kLanes * kSpan;
   __m512 top = _mm512_set1_ps(kMinusInf);
   __mmask16 unordered = 0;
-  const char* next = reinterpret_cast<const char*>(row + columns);
   int64_t c = 0;
-  for (int64_t g = 0; c + 4 * kLanes <= columns; c += 4 * kLanes, ++g) {
-    if constexpr (sizeof(T) == 4)
-      for (int64_t b = 0; b < 4 * kLanes * 4; b += 64) __builtin_prefetch(next + 4 * c + b);
-    __m512 x[4];
-    LoadFour(row, c, x);
-    groups[g] = GroupMax(x);
-    top = _mm512_max_ps(groups[g], top);
-    unordered |= GroupNaN(x);
+  for (int64_t s = 0; c + kWidth <= columns; c += kWidth, ++s) {
+    __m512 span;
+    for (int64_t g = 0; g < kSpan; ++g) {
+      const int64_t at = c + 4 * kLanes * g;
+      if (ahead)
+        for (int64_t b = 0; b < 4 * kLanes * int64_t(sizeof(T)); b += 64)
+          __builtin_prefetch(reinterpret_cast<const char*>(row + at) + ahead + b);
+      __m512 x[4];
+      LoadFour(row, at, x);
+      span = g == 0 ? GroupMax(x) : _mm512_max_ps(GroupMax(x), span);
+      unordered |= GroupNaN(x);
+    }
+    spans[s] = span;
+    top = _mm512_max_ps(span, top);
   }
   for (; c < columns; c += kLanes) {
     // The last vector ends at the row's end (a max may see a value twice).
@@ -142,38 +153,56 @@ float MaxAndGroupMaxima(const T* row, int64_t columns, __m512* groups, bool& nan
   return _mm512_reduce_max_ps(top);
 }
 
-// The second pass: the logits above `level`, as `Above`, read again (from
-// cache) only in the groups whose max passes it and in the vectors past the
-// whole groups. A row's few candidates lie in a few groups at random places:
-// the groups to read are collected first, as bits, and then visited (a
-// branch on each group mispredicts; so did one on each vector,
-// docs/measurement.md).
+// The logits above `bar` in row[c, columns), c a multiple of kLanes,
+// appended to out[count...]: whole vectors, then the last one, which ends at
+// the row's end, its lanes already seen left out.
 template <typename T>
-int64_t AboveInGroups(const T* row, int64_t columns, const __m512* groups, float level,
-                      float* out) {
-  const __m512 bar = _mm512_set1_ps(level);
-  const int64_t whole = columns / (4 * kLanes);
-  uint64_t hot = 0;
-  for (int64_t g = 0; g < whole; ++g)
-    hot |= uint64_t(_mm512_cmp_ps_mask(groups[g], bar, kAboveOrNaN) != 0) << g;
-  int64_t count = 0;
-  for (; hot; hot &= hot - 1) {
-    __m512 x[4];
-    LoadFour(row, 4 * kLanes * __builtin_ctzll(hot), x);
-    KeepGroup(x, bar, out, count);
-  }
-  int64_t c = whole * 4 * kLanes;
+inline void AboveInTail(const T* row, int64_t columns, int64_t c, __m512 bar, float* out,
+                        int64_t& count) {
   for (; c + kLanes <= columns; c += kLanes) {
     const __m512 x = __m512(Load(row + c));
     Keep(x, _mm512_cmp_ps_mask(x, bar, kAboveOrNaN), out, count);
   }
   if (c < columns) {
-    // The last vector ends at the row's end, its lanes already seen left out.
     const int64_t start = columns - kLanes;
     const __m512 x = __m512(Load(row + start));
     const __mmask16 fresh = __mmask16(0xFFFFu << (c - start));
     Keep(x, _mm512_mask_cmp_ps_mask(fresh, x, bar, kAboveOrNaN), out, count);
   }
+}
+
+// Calls visit(i) for each i < n whose maxima[i] passes `bar`: the compares
+// first, 64 at a time, as bits, then the visits. A row's few candidates lie
+// in a few groups at random places: a branch on each compare mispredicts
+// (docs/measurement.md).
+template <typename Visit>
+inline void ForEachAbove(const __m512* maxima, int64_t n, __m512 bar, Visit&& visit) {
+  for (int64_t first = 0; first < n; first += 64) {
+    const int64_t count = std::min<int64_t>(64, n - first);
+    uint64_t hot = 0;
+    for (int64_t i = 0; i < count; ++i)
+      hot |= uint64_t(_mm512_cmp_ps_mask(maxima[first + i], bar, kAboveOrNaN) != 0) << i;
+    for (; hot; hot &= hot - 1) visit(first + __builtin_ctzll(hot));
+  }
+}
+
+// The second pass: the logits above `level`, as `Above`, read again (from
+// cache) only in the spans of `span` groups whose max (in `maxima`) passes
+// it, and in the vectors past the whole spans.
+template <typename T>
+int64_t AboveInSpans(const T* row, int64_t columns, const __m512* maxima, int64_t span,
+                     float level, float* out) {
+  const __m512 bar = _mm512_set1_ps(level);
+  const int64_t width = 4 * kLanes * span, whole = columns / width;
+  int64_t count = 0;
+  ForEachAbove(maxima, whole, bar, [&](int64_t i) {
+    for (int64_t g = 0; g < span; ++g) {
+      __m512 x[4];
+      LoadFour(row, width * i + 4 * kLanes * g, x);
+      KeepGroup(x, bar, out, count);
+    }
+  });
+  AboveInTail(row, columns, whole * width, bar, out, count);
   return count;
 }
 
@@ -220,6 +249,7 @@ float MaxAndCandidates(const T* row, int64_t columns, float* out, int64_t& taken
   }
   return m;
 }
+
 #endif
 
 template <typename T>
@@ -365,6 +395,12 @@ void Rows(const T* logits, const int32_t* labels, float* tau, float* support, fl
   float* const candidates = room.get();
 #if defined(__AVX512F__)
   __m512 groups[kMostGroups];
+  const bool long_row = columns >= kLongFrom;
+  std::unique_ptr<__m512[]> spans(
+      new __m512[long_row && sizeof(T) == 2 ? columns / (4 * kLanes * kLongSpan) : 0]);
+  // A long row fetches the bytes 8 KiB ahead, as `AddBulk`; a short float32
+  // row the next row's same bytes, so that its reads overlap this row's search.
+  const int64_t step_ahead = long_row ? kPrefetchBytes : sizeof(T) == 4 ? columns * 4 : 0;
 #endif
   const int64_t ahead = std::min<int64_t>(columns * sizeof(T), kPrefetchRowBytes);
   for (int64_t r = first; r < last; ++r) {
@@ -380,12 +416,14 @@ void Rows(const T* logits, const int32_t* labels, float* tau, float* support, fl
     int64_t taken = 0;
     bool nan = false;
 #if defined(__AVX512F__)
-    if (columns >= kOnePassFrom) {
+    if (long_row && sizeof(T) == 4) {
       top = MaxAndCandidates(row, columns, candidates, taken, nan);
     } else if (columns >= kLanes) {
-      top = MaxAndGroupMaxima(row, columns, groups, nan);
+      top = long_row ? MaxAndSpanMaxima<kLongSpan>(row, columns, step_ahead, spans.get(), nan)
+                     : MaxAndSpanMaxima<1>(row, columns, step_ahead, groups, nan);
       if (std::isfinite(top) && !nan)
-        taken = AboveInGroups(row, columns, groups, Lowered(top - 1.0f), candidates);
+        taken = AboveInSpans(row, columns, long_row ? spans.get() : groups,
+                             long_row ? kLongSpan : 1, Lowered(top - 1.0f), candidates);
     } else
 #endif
     {
