@@ -362,7 +362,9 @@ inline Solution Michelot(const float* candidates, int64_t taken, float top) {
 // on one another, a division each: docs/measurement.md; a loop as long as
 // the candidates mispredicts its end); then one division for all lanes and
 // one max. The sums are float32, relative to m, of values in [-1, 0]; the
-// lanes past the candidates are -inf and never count.
+// lanes past the candidates are -inf and never count. Only the first
+// kBroadcasts lanes are broadcast: the candidates are at most that many.
+template <int kBroadcasts>
 inline Solution FewCandidates(const float* candidates, int64_t taken, float top) {
   const __mmask16 valid = __mmask16((1u << taken) - 1);
   const __m512 raw = _mm512_maskz_loadu_ps(valid, candidates);
@@ -371,7 +373,7 @@ inline Solution FewCandidates(const float* candidates, int64_t taken, float top)
   __m512i rank = _mm512_setzero_si512();
   __m512 sum = _mm512_setzero_ps();
   const __m512i one = _mm512_set1_epi32(1);
-  for (int j = 0; j < kLanes; ++j) {
+  for (int j = 0; j < kBroadcasts; ++j) {
     const __m512 value = _mm512_permutexvar_ps(_mm512_set1_epi32(int32_t(j)), shifted);
     const __mmask16 counted = _mm512_cmp_ps_mask(value, shifted, _CMP_GE_OQ);
     rank = _mm512_mask_add_epi32(rank, counted, rank, one);
@@ -391,8 +393,10 @@ inline Solution FewCandidates(const float* candidates, int64_t taken, float top)
 template <typename T>
 void Rows(const T* logits, const int32_t* labels, float* tau, float* support, float* squares,
           float* true_logit, int64_t first, int64_t last, int64_t columns) {
-  std::unique_ptr<float[]> room(new float[columns + kLanes]);
-  float* const candidates = room.get();
+  // Two rooms for candidates: a row's wait for their search in one while
+  // the next row's passes fill the other (`Waiting`).
+  std::unique_ptr<float[]> room(new float[2 * (columns + kLanes)]);
+  float* const rooms[2] = {room.get(), room.get() + columns + kLanes};
 #if defined(__AVX512F__)
   __m512 groups[kMostGroups];
   const bool long_row = columns >= kLongFrom;
@@ -402,9 +406,31 @@ void Rows(const T* logits, const int32_t* labels, float* tau, float* support, fl
   // row the next row's same bytes, so that its reads overlap this row's search.
   const int64_t step_ahead = long_row ? kPrefetchBytes : sizeof(T) == 4 ? columns * 4 : 0;
 #endif
+  // A row's search waits until the next row's passes are done: its
+  // candidates were stored a few at a time, overlapping, and a load of them
+  // all right after waits for those stores to reach the cache; the next
+  // row's loads run meanwhile (docs/measurement.md).
+  struct Waiting {
+    int64_t row = -1, taken = 0;
+    float top = 0.0f;
+    const float* candidates = nullptr;
+  } waiting;
+  const auto search = [&](const Waiting& w) {
+#if defined(__AVX512F__)
+    const Solution s = w.taken <= 8 ? FewCandidates<8>(w.candidates, w.taken, w.top)
+                     : w.taken <= kLanes ? FewCandidates<kLanes>(w.candidates, w.taken, w.top)
+                                         : Michelot(w.candidates, w.taken, w.top);
+#else
+    const Solution s = Michelot(w.candidates, w.taken, w.top);
+#endif
+    tau[w.row] = s.tau;
+    support[w.row] = s.size;
+    squares[w.row] = s.squares;
+  };
   const int64_t ahead = std::min<int64_t>(columns * sizeof(T), kPrefetchRowBytes);
   for (int64_t r = first; r < last; ++r) {
     const T* row = logits + r * columns;
+    float* const candidates = waiting.candidates == rooms[0] ? rooms[1] : rooms[0];
     // The row after next's first bytes fetched while this one is searched.
     const char* next = reinterpret_cast<const char*>(row + 2 * columns);
     for (int64_t b = 0; b < ahead; b += 64) __builtin_prefetch(next + b);
@@ -435,16 +461,10 @@ void Rows(const T* logits, const int32_t* labels, float* tau, float* support, fl
       tau[r] = support[r] = squares[r] = kNaN;
       continue;
     }
-#if defined(__AVX512F__)
-    const Solution s = taken <= kLanes ? FewCandidates(candidates, taken, top)
-                                       : Michelot(candidates, taken, top);
-#else
-    const Solution s = Michelot(candidates, taken, top);
-#endif
-    tau[r] = s.tau;
-    support[r] = s.size;
-    squares[r] = s.squares;
+    if (waiting.row >= 0) search(waiting);
+    waiting = {r, taken, top, candidates};
   }
+  if (waiting.row >= 0) search(waiting);
 }
 
 // The handlers' shared body: `labels` and `true_logit` null for the
