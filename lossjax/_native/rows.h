@@ -205,14 +205,15 @@ struct Progress {
 // `rows_of(first, last)` for every chunk of rows, on all threads.
 template <typename RowsOf>
 void ForRowChunks(ffi::ThreadPool& pool, int64_t rows, int64_t columns, RowsOf rows_of) {
-  // About 4 MiB of float32 logits a chunk, and at least four chunks for
-  // each thread where there are rows enough: each chunk starts its rows'
-  // prefetches afresh, and chunks of 256 KiB measured slower
-  // (docs/measurement.md).
-  const int64_t threads = int64_t(pool.num_threads()) + 1;
+  // Up to 4 MiB of float32 logits a chunk, four chunks or more for each
+  // thread, and at least 256 KiB: each chunk starts its rows' prefetches
+  // afresh, so chunks of 256 KiB measured slower where there are rows
+  // enough; smaller logits take one chunk, on the calling thread (waking
+  // the pool's threads costs more than such a call; docs/measurement.md).
+  const int64_t threads = int64_t(pool.num_threads()) + 1, width = std::max<int64_t>(columns, 1);
   const int64_t chunk = std::max<int64_t>(
-      1, std::min<int64_t>((int64_t(1) << 20) / std::max<int64_t>(columns, 1),
-                           (rows + 4 * threads - 1) / (4 * threads)));
+      {int64_t(1), (int64_t(1) << 16) / width,
+       std::min<int64_t>((int64_t(1) << 20) / width, (rows + 4 * threads - 1) / (4 * threads))});
   const int64_t chunks = (rows + chunk - 1) / chunk;
   auto progress = std::make_shared<Progress>();
   auto work = [=]() {
