@@ -495,9 +495,11 @@ def _binary_sparsemax(logits: Array, labels: Array) -> Array:
   # chain whose every operation costs XLA:CPU's library kernel about a pass
   # over its tile (docs/measurement.md).
   dtype = _checks.compute_dtype(logits.dtype)
-  x = _binary.label_signs(labels, dtype) * logits.astype(dtype)
-  if x.size < SELECT_FORM_BELOW:
+  z = logits.astype(dtype)
+  if logits.size < SELECT_FORM_BELOW:
+    x = _binary.label_signs_by_selects(labels, dtype) * z
     return jnp.where(x <= -1.0, 0.0, jnp.where(x >= 1.0, x, 0.25 * jnp.square(x + 1.0)))
+  x = _binary.label_signs(labels, dtype) * z
   loss = jnp.maximum(x, 0.25 * jnp.square(jnp.maximum(jnp.minimum(x, 1.0) + 1.0, 0.0)))
   return _binary.keeping_nan(loss, x)
 
