@@ -11,10 +11,10 @@
 //      float32 each
 // Per row: the max m, and the candidates z > m - 1 (tau >= m - 1: the max
 // alone adds relu(m - tau) <= 1 to a sum that is 1), in two passes, the
-// second from cache, or in one for long rows; then tau from the candidates
-// alone: by their ranks where at most 16 (AVX-512), else by Michelot's
-// rounds in float64. A row with a NaN gives NaN for all three, as does a row
-// whose max is infinite (there relu(z - tau) is inf - inf).
+// second from cache, or in one for long float32 rows; then tau from the
+// candidates alone: by their ranks where at most 16 (AVX-512), else by
+// Michelot's rounds in float64. A row with a NaN gives NaN for all three, as
+// does a row whose max is infinite (there relu(z - tau) is inf - inf).
 
 #include "rows.h"
 
@@ -249,7 +249,6 @@ float MaxAndCandidates(const T* row, int64_t columns, float* out, int64_t& taken
   }
   return m;
 }
-
 #endif
 
 template <typename T>
