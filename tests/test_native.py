@@ -1,6 +1,6 @@
 """lossjax's native CPU kernels (`lossjax._native`): the margin losses' rival
-and true logit, the softmax losses' row statistics, and sparsemax's
-threshold, against NumPy, in the shapes that
+and true logit, the softmax losses' row statistics, sparsemax's threshold
+and binary focal loss's slope, against NumPy, in the shapes that
 take each of their paths (and again built without AVX-512), and their
 build: cached, and a clear warning with XLA's numbers where it fails."""
 
@@ -13,10 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import special
 
 import lossjax
 from lossjax import _native, _softmax
-from lossjax.losses import _sparsemax
+from lossjax.losses import _binary, _sparsemax
 
 # Classes that take each path of the kernel: rows narrower than a vector (1,
 # 2, 15), ranges shorter than a vector beside the label, whole vectors with
@@ -503,6 +504,132 @@ def test_sparsemax_threshold_of_long_rows(classes, dtype):
       tau, size, squares = _native_threshold(jnp.asarray(broken, dtype))
       assert np.isnan([tau[5], size[5], squares[5]]).all()
       np.testing.assert_array_equal(np.asarray(size)[6:], want_size[6:])
+
+
+# Logits that take each branch of the binary kernel's arithmetic: both signs,
+# zero and near it, e^-|z| at and under float32's least normal, infinities, NaN.
+SPECIAL_LOGITS = (0.0, 1e-6, -1e-6, 30.0, -30.0, 87.0, -88.0, 100.0, -100.0,
+                  np.inf, -np.inf, np.nan)
+
+
+def _binary_focal_slope(values, labels, alpha, gamma):
+  """The kernel's alpha_t dl/dz (weighted unless alpha is None)."""
+  assert _native.takes(values), "the native kernel did not build (see the warning)"
+  weighted, power = alpha is not None, _binary._whole_power(gamma)
+  return jax.jit(lambda v, y: _native.binary_focal_slope(
+      v, y, jnp.float32(0.5 if alpha is None else alpha), jnp.float32(gamma), weighted, power,
+      None))(values, labels)
+
+
+def _binary_focal_slope_reference(values, labels, alpha, gamma):
+  """alpha_t dl/dz in float64 from the textbook derivative: with s = 1 - 2y,
+  q = sigmoid(s z) = 1 - p_t and ce = softplus(s z) = -log p_t,
+  s q^gamma (q + gamma ce (1 - q))."""
+  z = np.asarray(values.astype(jnp.float32), np.float64)
+  y = np.asarray(labels).astype(np.float64)
+  s = 1.0 - 2.0 * y
+  with np.errstate(invalid="ignore"):
+    q, p, ce = special.expit(s * z), special.expit(-s * z), np.logaddexp(0.0, s * z)
+    slope = s * q ** gamma * (q + gamma * ce * p)
+  return slope if alpha is None else np.where(y == 1, alpha, 1 - alpha) * slope
+
+
+def _binary_focal_slope_xla(values, labels, alpha, gamma):
+  """XLA's own form of the same (`_hard_focal_slopes`), rounded to the logits' dtype."""
+  weighted = alpha is not None
+  d_logits, _, alpha_t, _ = _binary._hard_focal_slopes(
+      values, labels, jnp.float32(0.5 if alpha is None else alpha), jnp.float32(gamma), weighted,
+      _binary._whole_power(gamma))
+  return (d_logits if alpha_t is None else alpha_t * d_logits).astype(values.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("alpha, gamma", ((None, 2.0), (0.25, 2.0), (0.25, 0.0), (0.25, 3.0),
+                                          (0.4, 1.5)))
+def test_binary_focal_slope_matches_numpy(alpha, gamma, dtype):
+  # Lengths below a vector, at it, past it, and across the kernel's blocks of
+  # 4096 logits and its threads; a whole gamma takes products, 1.5 an exp.
+  rng = np.random.default_rng(6)
+  for size in (1, 15, 16, 17, 4097, 70001):
+    z = rng.standard_normal(size) * 8
+    z[:len(SPECIAL_LOGITS)] = SPECIAL_LOGITS[:size]
+    values = jnp.asarray(z, dtype)
+    labels = jnp.asarray(rng.integers(0, 2, size), jnp.int32)
+    got = np.asarray(_binary_focal_slope(values, labels, alpha, gamma).astype(jnp.float32),
+                     np.float64)
+    assert got.dtype == np.float64 and got.shape == (size,)
+    # As XLA's form, non-finite entries included: a few float32 roundings
+    # apart (its log1p and exponential are others), or an ulp of bfloat16.
+    xla = np.asarray(_binary_focal_slope_xla(values, labels, alpha, gamma).astype(jnp.float32))
+    np.testing.assert_allclose(got, xla, rtol=2 ** -7 if dtype == jnp.bfloat16 else 1e-5,
+                               atol=1e-37, equal_nan=True)
+    # And, where finite, the float64 derivative to float32's rounding (a
+    # fractional gamma's exponential is off by its argument's rounding) or
+    # one rounding to bfloat16.
+    want = _binary_focal_slope_reference(values, labels, alpha, gamma)
+    finite = np.isfinite(want)
+    rtol = 2e-6 if float(gamma).is_integer() else 1e-5
+    tolerance = (2 ** -8 if dtype == jnp.bfloat16 else rtol) * np.abs(want[finite]) + 1e-37
+    assert np.all(np.abs(got[finite] - want[finite]) <= tolerance), size
+
+
+def test_binary_focal_slope_label_types_and_labels_other_than_zero_and_one():
+  # int8, uint8 and bool labels are read as they are, int64 through int32;
+  # any integer but 0 and 1 reads as 2, as `_binary.label_signs`' (s = -3).
+  rng = np.random.default_rng(7)
+  values = jnp.asarray(rng.standard_normal(1000) * 4, jnp.float32)
+  labels = rng.integers(0, 2, 1000)
+  want = _binary_focal_slope(values, jnp.asarray(labels, jnp.int32), 0.25, 2.0)
+  for dtype in (jnp.int8, jnp.uint8, jnp.bool_, jnp.int16):
+    np.testing.assert_array_equal(_binary_focal_slope(values, jnp.asarray(labels, dtype), 0.25, 2.0),
+                                  want)
+  bad = labels.copy()
+  bad[::7] = 2
+  bad[3::7] = -1
+  for alpha, gamma in ((0.25, 2.0), (None, 1.5)):
+    got = _binary_focal_slope(values, jnp.asarray(bad, jnp.int32), alpha, gamma)
+    np.testing.assert_allclose(got, _binary_focal_slope_xla(values, jnp.asarray(bad), alpha, gamma),
+                               rtol=1e-5, atol=1e-37)
+
+
+def test_binary_focal_slope_under_vmap_with_alpha_and_gamma_batched():
+  # vmap gives the kernel one alpha and gamma for each batch element's share
+  # of the logits.
+  rng = np.random.default_rng(8)
+  values = jnp.asarray(rng.standard_normal((3, 1001)) * 4, jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 2, (3, 1001)), jnp.int32)
+  alphas, gammas = jnp.array([0.1, 0.5, 0.9]), jnp.array([0.5, 2.0, 3.5])
+  kernel = lambda v, y, a, g: _native.binary_focal_slope(v, y, a, g, True, None, None)
+  got = jax.jit(jax.vmap(kernel))(values, labels, alphas, gammas)
+  for row in range(3):
+    np.testing.assert_array_equal(
+        got[row], jax.jit(kernel)(values[row], labels[row], alphas[row], gammas[row]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_binary_focal_loss_derivatives_as_xla_computes_them(dtype, monkeypatch):
+  # Through the kernel and through XLA's own operations: value_and_grad of
+  # the mean, forward mode in the logits, a Hessian-vector product (the
+  # kernel's slope differentiated by the smooth form), and gamma traced.
+  rng = np.random.default_rng(9)
+  values = jnp.asarray(rng.standard_normal((64, 33)) * 4, dtype)
+  direction = jnp.asarray(rng.standard_normal((64, 33)), dtype)
+  labels = jnp.asarray(rng.integers(0, 2, (64, 33)), jnp.int32)
+  mean = lambda v, gamma=2.0: jnp.mean(lossjax.sigmoid_focal_loss(v, labels, alpha=0.25, gamma=gamma))
+  def derivatives():
+    value_and_grad = jax.jit(jax.value_and_grad(mean))
+    uses = "lossjax_binary_focal_slope" in value_and_grad.lower(values).as_text()
+    (value, grad) = value_and_grad(values)
+    forward = jax.jit(lambda v: jax.jvp(mean, (v,), (direction,))[1])(values)
+    hvp = jax.jit(lambda v: jax.jvp(jax.grad(mean), (v,), (direction,))[1])(values)
+    in_gamma = jax.jit(jax.grad(mean, argnums=(0, 1)))(values, jnp.float32(1.5))
+    return uses, value, grad, forward, hvp, *in_gamma
+  native, xla = _under_both_forms(derivatives, monkeypatch)
+  assert native[0] and not xla[0]
+  rtol = 2 ** -7 if dtype == jnp.bfloat16 else 1e-5
+  for got, want in zip(native[1:], xla[1:]):
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                               rtol=rtol, atol=1e-9)
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64's portable build")

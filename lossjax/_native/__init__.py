@@ -14,6 +14,9 @@ that XLA:CPU's library kernel cannot compute in one pass over the logits.
 - `sparsemax.cc`: sparsemax's threshold, support size and ||p||^2 (and the
   label's logit, for the loss). XLA's own form takes block maxima, an
   insertion network over them and a count.
+- `binary.cc`: binary focal loss's slope in each logit, for its gradient,
+  with exponential, logarithm and division 16 lanes at a time, where
+  XLA:CPU's loop of the same arithmetic runs 8 (docs/measurement.md).
 
 Each reads a row of logits once from memory, on XLA's intra-op threads.
 
@@ -23,8 +26,8 @@ The kernels are compiled on first use with the machine's C++ compiler
 into ``$LOSSJAX_CACHE/native`` (default ``~/.cache/lossjax/native``), one
 library per source, jaxlib and processor, and then loaded from there. Where
 they cannot be built (no compiler, no JAX FFI headers), lossjax warns once and
-computes the same numbers with XLA's own operations (the softmax statistics to
-float32 rounding); ``LOSSJAX_NATIVE=0``
+computes the same numbers with XLA's own operations (the softmax statistics and
+binary focal's slopes to float32 rounding); ``LOSSJAX_NATIVE=0``
 chooses that without trying. Built without AVX-512 (another x86-64 processor,
 ARM), their portable paths are slower than XLA's own operations, so lossjax
 takes those there too, unless ``LOSSJAX_NATIVE=1`` (the default is ``auto``).
@@ -48,11 +51,12 @@ import warnings
 import jax
 import jax.numpy as jnp
 import jaxlib
+import numpy as np
 
 Array = jax.Array
 
 _FOLDER = pathlib.Path(__file__).parent
-_SOURCES = ("margin.cc", "softmax.cc", "sparsemax.cc")
+_SOURCES = ("margin.cc", "softmax.cc", "sparsemax.cc", "binary.cc")
 _HEADERS = ("rows.h",)
 # FFI target names and the symbols of their handlers.
 _TARGETS = {"lossjax_rival_and_true_logit": "LossjaxRivalAndTrueLogit",
@@ -62,7 +66,8 @@ _TARGETS = {"lossjax_rival_and_true_logit": "LossjaxRivalAndTrueLogit",
             "lossjax_softmax_statistics_and_row_sum": "LossjaxSoftmaxStatisticsAndRowSum",
             "lossjax_softmax_cotangent": "LossjaxSoftmaxCotangent",
             "lossjax_sparsemax_threshold": "LossjaxSparsemaxThreshold",
-            "lossjax_sparsemax_loss_statistics": "LossjaxSparsemaxLossStatistics"}
+            "lossjax_sparsemax_loss_statistics": "LossjaxSparsemaxLossStatistics",
+            "lossjax_binary_focal_slope": "LossjaxBinaryFocalSlope"}
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
 _BUILD_SECONDS = 300
 
@@ -157,7 +162,8 @@ def _library() -> ctypes.CDLL | None:
                                   platform="cpu")
   except (BuildError, OSError, AttributeError) as error:
     warnings.warn(f"lossjax: its CPU kernels could not be built, so the softmax, margin and "
-                  f"sparsemax losses use XLA's slower operations (same numbers). {error}",
+                  f"sparsemax losses and binary focal's gradient use XLA's slower operations "
+                  f"(same numbers). {error}",
                   RuntimeWarning,
                   stacklevel=4)
     return None
@@ -255,3 +261,27 @@ def sparsemax_loss_statistics(values: Array, labels: Array, xla_form) -> tuple:
   each, from one pass (`xla_form(values, labels)` off CPU). The label's
   logit is NaN for a label outside ``[0, C)``."""
   return _by_kernel("lossjax_sparsemax_loss_statistics", 4, xla_form, values, labels)
+
+
+# Label types the binary kernel reads as they are; others go through int32.
+_BINARY_LABEL_TYPES = (jnp.int32, jnp.int8, jnp.uint8, jnp.bool_)
+
+
+def binary_focal_slope(logits: Array, labels: Array, alpha: Array, gamma: Array, weighted: bool,
+                       power: int | None, xla_form) -> Array:
+  """Binary focal loss's ``alpha_t d loss / dz`` for each logit, for hard
+  `labels` (0 and 1; any other integer reads as 2), in the dtype of the
+  float32 or bfloat16 `logits`: computed in float32 and rounded once, by the
+  native kernel on CPU and by ``xla_form(logits, labels, alpha, gamma)``
+  (which returns that dtype) elsewhere. `alpha` and `gamma` are scalars;
+  `weighted` says whether alpha_t is alpha's weight or 1, `power` is gamma
+  where it is a known whole number up to 8 (then (1 - p_t)^gamma is products,
+  as `jax.lax.integer_pow`'s), else None. Call it only where `takes(logits)`."""
+  if labels.dtype not in _BINARY_LABEL_TYPES:
+    labels = labels.astype(jnp.int32)
+  result = jax.ShapeDtypeStruct(logits.shape, logits.dtype)
+  kernel = jax.ffi.ffi_call("lossjax_binary_focal_slope", result, vmap_method="broadcast_all")
+  attributes = {"weighted": np.int32(weighted), "power": np.int32(-1 if power is None else power)}
+  return jax.lax.platform_dependent(
+      logits, labels, jnp.asarray(alpha, jnp.float32), jnp.asarray(gamma, jnp.float32),
+      cpu=lambda *args: kernel(*args, **attributes), default=xla_form)

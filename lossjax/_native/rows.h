@@ -1,7 +1,8 @@
 // What lossjax's native kernels share: float32 vectors of 16 lanes (GCC's
 // and Clang's vector extensions; AVX-512 where the processor has it), a
-// running max over a row that keeps NaN, and a loop that shares chunks of
-// rows between the calling thread and XLA's intra-op threads.
+// running max over a row that keeps NaN, an exponential, the rounding to
+// bfloat16, and a loop that shares chunks of rows between the calling
+// thread and XLA's intra-op threads.
 
 #ifndef LOSSJAX_NATIVE_ROWS_H_
 #define LOSSJAX_NATIVE_ROWS_H_
@@ -116,6 +117,67 @@ struct RunningMax {
   }
   static Floats Max(Floats a, Floats b) { return a > b ? a : b; }
 };
+
+// exp(x) for x <= 0 (logits less their row max; minus a magnitude), NaN kept: Cody and
+// Waite's reduction x = n ln 2 + r, |r| <= ln 2 / 2, Cephes' polynomial for
+// exp(r) (within about an ulp), and 2^n from the exponent bits. Below -87.3
+// (where exp is under float32's least normal) it returns about 1.2e-38, not
+// the subnormal or 0: a row sum holds exp(0) = 1, and its squares underflow.
+inline Floats Exp(Floats x) {
+#if defined(__AVX512F__)
+  // vmaxps returns its second operand where either is NaN: a NaN stays.
+  const __m512 v = _mm512_max_ps(_mm512_set1_ps(-87.33f), __m512(x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return Floats(_mm512_scalef_ps(p, n));
+#else
+  const Floats lowest = Floats{} + -87.33f;
+  x = x < lowest ? lowest : x;  // a NaN compares false and stays
+  // Round to nearest by the 1.5 * 2^23 trick (|x log2 e| < 2^22 here).
+  const Floats magic = Floats{} + 12582912.0f;
+  const Floats n = (x * 1.44269504f + magic) - magic;
+  Floats r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  Floats p = Floats{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + (r + 1.0f);
+  // 2^n for n in [-126, 0]; a NaN's n gives any scale, and p is NaN.
+  const Ints bits = (__builtin_convertvector(n, Ints) + 127) << 23;
+  Floats scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+#endif
+}
+
+// float32 to the logits' type: bfloat16 rounded to nearest even, NaN kept
+// (as XLA's conversion).
+inline void Store(float* out, Floats g) { std::memcpy(out, &g, sizeof g); }
+inline void Store(uint16_t* out, Floats g) {
+#if defined(__AVX512BF16__)
+  const __m256bh h = _mm512_cvtneps_pbh(__m512(g));
+  std::memcpy(out, &h, sizeof h);
+#else
+  Words u;
+  std::memcpy(&u, &g, sizeof u);
+  const Words rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const Words bits = g != g ? (u >> 16) | 0x40u : rounded;
+  const Halves h = __builtin_convertvector(bits, Halves);
+  std::memcpy(out, &h, sizeof h);
+#endif
+}
 
 // One core's loads alone fall short of its share of the memory bandwidth
 // here; prefetching 8 KiB ahead brings them near a read's speed

@@ -7,8 +7,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from lossjax import _checks
+from lossjax import _native
 from lossjax import _sigmoid
 from lossjax import _softmax
 
@@ -263,16 +265,59 @@ def _hard_focal(logits, labels, alpha, gamma, weighted, power):
   return loss if alpha_t is None else alpha_t * loss
 
 
-@_hard_focal.defjvp
 def _hard_focal_jvp(weighted, power, primals, tangents):
+  # Symbolic zeros: the terms in gamma and alpha only where they are
+  # differentiated (reverse mode drops them anyway; forward mode in the
+  # logits alone then computes none of them).
   logits, labels, alpha, gamma = primals
   logits_dot, _, alpha_dot, gamma_dot = tangents
-  d_logits, d_gamma, alpha_t, d_alpha = _hard_focal_slopes(logits, labels, alpha, gamma,
-                                                           weighted, power)
-  tangent = d_logits * logits_dot.astype(alpha.dtype) + d_gamma * gamma_dot
-  if weighted:
-    tangent = alpha_t * tangent + d_alpha * alpha_dot
-  return _hard_focal(logits, labels, alpha, gamma, weighted, power), tangent
+  value = _hard_focal(logits, labels, alpha, gamma, weighted, power)
+  tangent = jnp.zeros(value.shape, value.dtype)
+  if not isinstance(logits_dot, SymbolicZero):
+    slope = _logit_slope(logits, labels, alpha, gamma, weighted, power)
+    tangent = tangent + slope.astype(alpha.dtype) * logits_dot.astype(alpha.dtype)
+  in_gamma, in_alpha = (not isinstance(t, SymbolicZero) for t in (gamma_dot, alpha_dot))
+  if in_gamma or (weighted and in_alpha):
+    _, d_gamma, alpha_t, d_alpha = _hard_focal_slopes(logits, labels, alpha, gamma, weighted, power)
+    if in_gamma:
+      tangent = tangent + (d_gamma if alpha_t is None else alpha_t * d_gamma) * gamma_dot
+    if weighted and in_alpha:
+      tangent = tangent + d_alpha * alpha_dot
+  return value, tangent
+
+
+_hard_focal.defjvp(_hard_focal_jvp, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def _logit_slope(logits, labels, alpha, gamma, weighted, power):
+  """alpha_t times the unweighted loss's derivative in each logit: the
+  gradient's factor. Where lossjax's CPU kernel runs (`_native.takes`), by
+  it, in the logits' dtype (a bfloat16 gradient is then rounded twice, here
+  and after the caller's cotangent, within an ulp of once; the same in
+  XLA's form off CPU); else `_hard_focal_slopes`' in the compute dtype. The
+  kernel's loop is 16 lanes wide and writes the slope in one pass, where
+  XLA:CPU's loop of the same arithmetic runs at about three times the cost
+  (docs/measurement.md); the cotangent's product after it runs in place."""
+  def xla_form(z, y, alpha_, gamma_):
+    d_logits, _, alpha_t, _ = _hard_focal_slopes(z, y, alpha_, gamma_, weighted, power)
+    return d_logits if alpha_t is None else alpha_t * d_logits
+  if _native.takes(logits):
+    return _native.binary_focal_slope(
+        logits, labels, alpha, gamma, weighted, power,
+        lambda *args: xla_form(*args).astype(logits.dtype))
+  return xla_form(logits, labels, alpha, gamma)
+
+
+@_logit_slope.defjvp
+def _logit_slope_jvp(weighted, power, primals, tangents):
+  # As `_hard_focal_slopes_jvp`: the second order from the smooth form.
+  def smooth(*args):
+    d_logits, _, alpha_t, _ = _smooth_hard_focal_slopes(*args, weighted)
+    return d_logits if alpha_t is None else alpha_t * d_logits
+  slope = _logit_slope(*primals, weighted, power)
+  _, tangent = jax.jvp(smooth, primals, tangents)
+  return slope, tangent.astype(slope.dtype)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
