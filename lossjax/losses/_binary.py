@@ -272,18 +272,20 @@ def _hard_focal_jvp(weighted, power, primals, tangents):
   logits, labels, alpha, gamma = primals
   logits_dot, _, alpha_dot, gamma_dot = tangents
   value = _hard_focal(logits, labels, alpha, gamma, weighted, power)
-  tangent = jnp.zeros(value.shape, value.dtype)
+  terms = []
   if not isinstance(logits_dot, SymbolicZero):
     slope = _logit_slope(logits, labels, alpha, gamma, weighted, power)
-    tangent = tangent + slope.astype(alpha.dtype) * logits_dot.astype(alpha.dtype)
+    terms.append(slope.astype(alpha.dtype) * logits_dot.astype(alpha.dtype))
   in_gamma, in_alpha = (not isinstance(t, SymbolicZero) for t in (gamma_dot, alpha_dot))
   if in_gamma or (weighted and in_alpha):
     _, d_gamma, alpha_t, d_alpha = _hard_focal_slopes(logits, labels, alpha, gamma, weighted, power)
     if in_gamma:
-      tangent = tangent + (d_gamma if alpha_t is None else alpha_t * d_gamma) * gamma_dot
+      terms.append((d_gamma if alpha_t is None else alpha_t * d_gamma) * gamma_dot)
     if weighted and in_alpha:
-      tangent = tangent + d_alpha * alpha_dot
-  return value, tangent
+      terms.append(d_alpha * alpha_dot)
+  if not terms:
+    return value, jnp.zeros(value.shape, value.dtype)
+  return value, functools.reduce(jnp.add, terms)
 
 
 _hard_focal.defjvp(_hard_focal_jvp, symbolic_zeros=True)
