@@ -1,6 +1,6 @@
 """lossjax's native CPU kernels (`lossjax._native`): the margin losses' rival
-and true logit, the softmax losses' row statistics, sparsemax's threshold
-and binary focal loss's slope, against NumPy, in the shapes that
+and true logit, the softmax losses' row statistics, sparsemax's threshold,
+logit MSE's sum of squares and binary focal loss's slope, against NumPy, in the shapes that
 take each of their paths (and again built without AVX-512), and their
 build: cached, and a clear warning with XLA's numbers where it fails."""
 
@@ -504,6 +504,72 @@ def test_sparsemax_threshold_of_long_rows(classes, dtype):
       tau, size, squares = _native_threshold(jnp.asarray(broken, dtype))
       assert np.isnan([tau[5], size[5], squares[5]]).all()
       np.testing.assert_array_equal(np.asarray(size)[6:], want_size[6:])
+
+
+def _true_logit_and_squares(values, labels):
+  assert _native.takes(values), "the native kernel did not build (see the warning)"
+  return jax.jit(lambda v, y: _native.true_logit_and_squares(v, y, None))(values, labels)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_true_logit_and_squares_match_numpy(dtype):
+  # Rows of every path of the kernel (SOFTMAX_CLASSES): narrower than a
+  # vector, a masked tail, the bulk loop, long rows; then non-finite rows and
+  # labels outside the row.
+  for classes in SOFTMAX_CLASSES:
+    rng = np.random.default_rng(classes + 11)
+    rows = max(3, min(3 * classes + 7, 2 ** 20 // classes))
+    values = jnp.asarray(rng.standard_normal((rows, classes)) * 4, dtype)
+    labels = jnp.asarray(np.arange(rows) % classes, jnp.int32)
+    true_logit, squares = (np.asarray(v) for v in _true_logit_and_squares(values, labels))
+    z = np.asarray(values.astype(jnp.float32), np.float64)
+    np.testing.assert_array_equal(true_logit, z[np.arange(rows), np.asarray(labels)])
+    # A sum of squares: float32's rounding of each term and of the sum.
+    np.testing.assert_allclose(squares, (z ** 2).sum(-1), rtol=2e-6 * np.log2(classes + 1))
+  values = np.array(np.random.default_rng(12).standard_normal((5, 1001)), np.float32)
+  values[0, 700], values[1, 3], values[2, 1000], values[3, :] = np.nan, np.inf, -np.inf, 1e20
+  labels = jnp.asarray([0, 1, 2, 1001, -1], jnp.int32)
+  true_logit, squares = (np.asarray(v) for v in _true_logit_and_squares(jnp.asarray(values, dtype),
+                                                                        labels))
+  assert np.isnan(squares[0]) and squares[1] == squares[2] == squares[3] == np.inf
+  assert np.isfinite(squares[4]) and np.isfinite(true_logit[:3]).all()
+  assert np.isnan(true_logit[3:]).all()  # labels outside the row
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ("mse", "mse_rescaled"))
+def test_logit_mse_and_its_derivatives_as_xla_computes_them(name, dtype, monkeypatch):
+  # Through the kernel and through XLA's operations: the values and a
+  # Hessian-vector product; the gradient, to one rounding of the float64
+  # one (the XLA form's bfloat16 gradient at the label rounds its two terms
+  # apart before they cancel: 2 ulp off there).
+  spec = lossjax.losses.spec(name)
+  loss = spec.bind()
+  rng = np.random.default_rng(13)
+  values = jnp.asarray(rng.standard_normal((65, 1000)) * 4, dtype)
+  direction = jnp.asarray(rng.standard_normal((65, 1000)), dtype)
+  labels = jnp.asarray(rng.integers(0, 1000, 65), jnp.int32)
+  mean = lambda v: jnp.mean(loss(v, labels))
+  def derivatives():
+    value_and_grad = jax.jit(jax.value_and_grad(mean))
+    uses = "lossjax_true_logit_and_squares" in value_and_grad.lower(values).as_text()
+    value, grad = value_and_grad(values)
+    hvp = jax.jit(lambda v: jax.jvp(jax.grad(mean), (v,), (direction,))[1])(values)
+    return uses, value, grad, hvp
+  native, xla = _under_both_forms(derivatives, monkeypatch)
+  assert native[0] and not xla[0]
+  np.testing.assert_allclose(float(native[1]), float(xla[1]), rtol=2e-6)
+  np.testing.assert_allclose(np.asarray(native[3], np.float32), np.asarray(xla[3], np.float32),
+                             rtol=2 ** -7 if dtype == jnp.bfloat16 else 1e-6, atol=1e-12)
+  # d/dz_c = 2 z_c / (C N), and 2 k (z_y - M) / (C N) at the label.
+  k, m = (spec.hyperparameters.get(key, 1.0) for key in ("k", "m"))
+  z = np.asarray(values.astype(jnp.float32), np.float64)
+  want = 2.0 * z
+  rows, picked = np.arange(65), np.asarray(labels)
+  want[rows, picked] = 2.0 * k * (z[rows, picked] - m)
+  want /= 1000 * 65
+  np.testing.assert_allclose(np.asarray(native[2], np.float64), want,
+                             rtol=2 ** -8 if dtype == jnp.bfloat16 else 2e-6, atol=1e-12)
 
 
 # Logits that take each branch of the binary kernel's arithmetic: both signs,

@@ -14,6 +14,8 @@ that XLA:CPU's library kernel cannot compute in one pass over the logits.
 - `sparsemax.cc`: sparsemax's threshold, support size and ||p||^2 (and the
   label's logit, for the loss). XLA's own form takes block maxima, an
   insertion network over them and a count.
+- `squares.cc`: logit MSE's sum of squares and the label's logit: XLA's
+  own form gathers the label's logit in a loop of its own.
 - `binary.cc`: binary focal loss's slope in each logit, for its gradient,
   with exponential, logarithm and division 16 lanes at a time, where
   XLA:CPU's loop of the same arithmetic runs 8 (docs/measurement.md).
@@ -26,8 +28,8 @@ The kernels are compiled on first use with the machine's C++ compiler
 into ``$LOSSJAX_CACHE/native`` (default ``~/.cache/lossjax/native``), one
 library per source, jaxlib and processor, and then loaded from there. Where
 they cannot be built (no compiler, no JAX FFI headers), lossjax warns once and
-computes the same numbers with XLA's own operations (the softmax statistics and
-binary focal's slopes to float32 rounding); ``LOSSJAX_NATIVE=0``
+computes the same numbers with XLA's own operations (the softmax statistics, the
+sums of squares and binary focal's slopes to float32 rounding); ``LOSSJAX_NATIVE=0``
 chooses that without trying. Built without AVX-512 (another x86-64 processor,
 ARM), their portable paths are slower than XLA's own operations, so lossjax
 takes those there too, unless ``LOSSJAX_NATIVE=1`` (the default is ``auto``).
@@ -56,7 +58,7 @@ import numpy as np
 Array = jax.Array
 
 _FOLDER = pathlib.Path(__file__).parent
-_SOURCES = ("margin.cc", "softmax.cc", "sparsemax.cc", "binary.cc")
+_SOURCES = ("margin.cc", "softmax.cc", "sparsemax.cc", "squares.cc", "binary.cc")
 _HEADERS = ("rows.h",)
 # FFI target names and the symbols of their handlers.
 _TARGETS = {"lossjax_rival_and_true_logit": "LossjaxRivalAndTrueLogit",
@@ -67,6 +69,7 @@ _TARGETS = {"lossjax_rival_and_true_logit": "LossjaxRivalAndTrueLogit",
             "lossjax_softmax_cotangent": "LossjaxSoftmaxCotangent",
             "lossjax_sparsemax_threshold": "LossjaxSparsemaxThreshold",
             "lossjax_sparsemax_loss_statistics": "LossjaxSparsemaxLossStatistics",
+            "lossjax_true_logit_and_squares": "LossjaxTrueLogitAndSquares",
             "lossjax_binary_focal_slope": "LossjaxBinaryFocalSlope"}
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
 _BUILD_SECONDS = 300
@@ -161,9 +164,9 @@ def _library() -> ctypes.CDLL | None:
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
                                   platform="cpu")
   except (BuildError, OSError, AttributeError) as error:
-    warnings.warn(f"lossjax: its CPU kernels could not be built, so the softmax, margin and "
-                  f"sparsemax losses and binary focal's gradient use XLA's slower operations "
-                  f"(same numbers). {error}",
+    warnings.warn(f"lossjax: its CPU kernels could not be built, so the softmax, margin, "
+                  f"sparsemax and logit MSE losses and binary focal's gradient use XLA's slower "
+                  f"operations (same numbers). {error}",
                   RuntimeWarning,
                   stacklevel=4)
     return None
@@ -261,6 +264,15 @@ def sparsemax_loss_statistics(values: Array, labels: Array, xla_form) -> tuple:
   each, from one pass (`xla_form(values, labels)` off CPU). The label's
   logit is NaN for a label outside ``[0, C)``."""
   return _by_kernel("lossjax_sparsemax_loss_statistics", 4, xla_form, values, labels)
+
+
+def true_logit_and_squares(values: Array, labels: Array, xla_form) -> tuple:
+  """``(the label's logit, sum_c z_c^2)``, float32 `[...]` each, from
+  `[..., C]` float32 or bfloat16 logits and `[...]` labels, in one pass over
+  the logits, by the native kernel on CPU and by ``xla_form(values, labels)``
+  elsewhere. Call it only where `takes(values)`. The label's logit is NaN for
+  a label outside ``[0, C)``."""
+  return _by_kernel("lossjax_true_logit_and_squares", 2, xla_form, values, labels)
 
 
 # Label types the binary kernel reads as they are; others go through int32.

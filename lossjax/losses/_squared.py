@@ -67,10 +67,40 @@ def mean_squared_error_logits(logits, labels, *, k=1.0, m=1.0,
   # logit. On XLA:CPU a row sum with a per-row select inside (z_y's own term
   # swapped) does not vectorise (docs/measurement.md). Subtracting z_y^2 back
   # loses at most a rounding of the whole sum, which the loss is of the order of.
-  true_logit = batch.true_logit()
-  squares = _sum_of_squares(batch.stored)
+  if _softmax.native_statistics_pay(batch.stored):
+    true_logit, squares = _native_true_logit_and_squares(batch.stored, batch.labels)
+  else:
+    true_logit, squares = batch.true_logit(), _sum_of_squares(batch.stored)
   loss = squares - jnp.square(true_logit) + k * jnp.square(true_logit - m)
   return batch.finish(loss / batch.num_classes)
+
+
+def _xla_true_logit_and_squares(stored: Array, labels: Array) -> tuple:
+  return (_softmax.compute(_softmax.take_class(stored, labels)),
+          jnp.sum(jnp.square(_softmax.compute(stored)), axis=-1))
+
+
+@jax.custom_jvp
+def _native_true_logit_and_squares(stored: Array, labels: Array) -> tuple:
+  """(z_y, sum_c z_c^2) in float32 from one pass over the logits on CPU
+  (`lossjax._native`): XLA:CPU's gather of z_y is a loop of its own, whose
+  loads wait on memory a row at a time (docs/measurement.md); XLA's
+  operations elsewhere."""
+  return _native.true_logit_and_squares(stored, labels, _xla_true_logit_and_squares)
+
+
+@_native_true_logit_and_squares.defjvp
+def _native_true_logit_and_squares_jvp(primals, tangents):
+  # As `_sum_of_squares`' rule, and z_y's tangent as `take_class`' (for
+  # two-byte floats a masked row sum, whose transpose is an elementwise
+  # select fused with the rest of the gradient; else the gather's own).
+  (stored, labels), (d_stored, _) = primals, tangents
+  wide = _softmax.compute(jax.lax.optimization_barrier(stored))
+  d_wide = _softmax.compute(d_stored)
+  d_true = (_softmax._true_class_tangent(labels, d_wide) if _softmax._two_byte_float(stored)
+            else _softmax.compute(_softmax.take_class(d_stored, labels)))
+  return (_native_true_logit_and_squares(stored, labels),
+          (d_true, jnp.sum(2.0 * wide * d_wide, axis=-1)))
 
 
 @jax.custom_jvp
