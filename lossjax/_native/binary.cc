@@ -1,7 +1,7 @@
 // Binary focal loss's slope in each logit, for its gradient: with hard
-// labels y, s = 1 - 2y, x = s z, q = sigmoid(x), p = 1 - q and the
-// cross-entropy ce = softplus(x),
-//   alpha_t d loss / dz = -s alpha_t (-q^gamma) (q + gamma ce p),
+// labels y, s = 1 - 2y, x = s z, q = sigmoid(x) = 1 - p_t, p = 1 - q and
+// the cross-entropy ce = softplus(x) = -log p_t,
+//   alpha_t d loss / dz = s alpha_t q^gamma (q + gamma ce p),
 // alpha_t = 1/2 + s (1/2 - alpha) where weighted (else 1), in one pass over
 // the logits and labels, written in the logits' type. XLA:CPU's loop of the
 // same arithmetic (lossjax/losses/_binary.py, `_hard_focal_slopes`) runs
