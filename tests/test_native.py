@@ -1,8 +1,9 @@
 """lossjax's native CPU kernels (`lossjax._native`): the margin losses' rival
 and true logit, the softmax losses' row statistics, sparsemax's threshold,
-logit MSE's sum of squares and binary focal loss's slope, against NumPy, in the shapes that
-take each of their paths (and again built without AVX-512), and their
-build: cached, and a clear warning with XLA's numbers where it fails."""
+logit MSE's sum of squares and binary focal loss's slope, against NumPy, in
+the shapes that take each of their paths (and again built without AVX-512),
+and their build: cached, and a clear warning with XLA's numbers where it
+fails."""
 
 import os
 import platform
@@ -621,9 +622,9 @@ def test_binary_focal_slope_matches_numpy(alpha, gamma, dtype):
     z[:len(SPECIAL_LOGITS)] = SPECIAL_LOGITS[:size]
     values = jnp.asarray(z, dtype)
     labels = jnp.asarray(rng.integers(0, 2, size), jnp.int32)
-    got = np.asarray(_binary_focal_slope(values, labels, alpha, gamma).astype(jnp.float32),
-                     np.float64)
-    assert got.dtype == np.float64 and got.shape == (size,)
+    slope = _binary_focal_slope(values, labels, alpha, gamma)
+    assert slope.dtype == values.dtype and slope.shape == (size,)
+    got = np.asarray(slope.astype(jnp.float32), np.float64)
     # As XLA's form, non-finite entries included: a few float32 roundings
     # apart (its log1p and exponential are others), or an ulp of bfloat16.
     xla = np.asarray(_binary_focal_slope_xla(values, labels, alpha, gamma).astype(jnp.float32))
