@@ -28,9 +28,9 @@ The kernels are compiled on first use with the machine's C++ compiler
 into ``$LOSSJAX_CACHE/native`` (default ``~/.cache/lossjax/native``), one
 library per source, jaxlib and processor, and then loaded from there. Where
 they cannot be built (no compiler, no JAX FFI headers), lossjax warns once and
-computes the same numbers with XLA's own operations (the softmax statistics, the
-sums of squares and binary focal's slopes to float32 rounding); ``LOSSJAX_NATIVE=0``
-chooses that without trying. Built without AVX-512 (another x86-64 processor,
+computes the same numbers with XLA's own operations (the softmax statistics,
+the sums of squares and binary focal's slopes to float32 rounding);
+``LOSSJAX_NATIVE=0`` chooses that without trying. Built without AVX-512 (another x86-64 processor,
 ARM), their portable paths are slower than XLA's own operations, so lossjax
 takes those there too, unless ``LOSSJAX_NATIVE=1`` (the default is ``auto``).
 Other platforms (GPU, TPU) always take XLA's operations

@@ -118,11 +118,12 @@ struct RunningMax {
   static Floats Max(Floats a, Floats b) { return a > b ? a : b; }
 };
 
-// exp(x) for x <= 0 (logits less their row max; minus a magnitude), NaN kept: Cody and
-// Waite's reduction x = n ln 2 + r, |r| <= ln 2 / 2, Cephes' polynomial for
-// exp(r) (within about an ulp), and 2^n from the exponent bits. Below -87.3
-// (where exp is under float32's least normal) it returns about 1.2e-38, not
-// the subnormal or 0: a row sum holds exp(0) = 1, and its squares underflow.
+// exp(x) for x <= 0 (logits less their row max; minus a magnitude), NaN
+// kept: Cody and Waite's reduction x = n ln 2 + r, |r| <= ln 2 / 2, Cephes'
+// polynomial for exp(r) (within about an ulp), and 2^n from the exponent
+// bits. Below -87.3 (where exp is under float32's least normal) it returns
+// about 1.2e-38, not the subnormal or 0: a row sum holds exp(0) = 1, and its
+// squares underflow.
 inline Floats Exp(Floats x) {
 #if defined(__AVX512F__)
   // vmaxps returns its second operand where either is NaN: a NaN stays.

@@ -76,8 +76,7 @@ def mean_squared_error_logits(logits, labels, *, k=1.0, m=1.0,
 
 
 def _xla_true_logit_and_squares(stored: Array, labels: Array) -> tuple:
-  return (_softmax.compute(_softmax.take_class(stored, labels)),
-          jnp.sum(jnp.square(_softmax.compute(stored)), axis=-1))
+  return _softmax.compute(_softmax.take_class(stored, labels)), _sum_of_squares(stored)
 
 
 @jax.custom_jvp
@@ -94,13 +93,14 @@ def _native_true_logit_and_squares_jvp(primals, tangents):
   # As `_sum_of_squares`' rule, and z_y's tangent as `take_class`' (for
   # two-byte floats a masked row sum, whose transpose is an elementwise
   # select fused with the rest of the gradient; else the gather's own).
+  # Both tangents read one float32 conversion of the logits' tangent: their
+  # transposes then add in float32, and one conversion rounds the gradient.
   (stored, labels), (d_stored, _) = primals, tangents
-  wide = _softmax.compute(jax.lax.optimization_barrier(stored))
   d_wide = _softmax.compute(d_stored)
   d_true = (_softmax._true_class_tangent(labels, d_wide) if _softmax._two_byte_float(stored)
             else _softmax.compute(_softmax.take_class(d_stored, labels)))
   return (_native_true_logit_and_squares(stored, labels),
-          (d_true, jnp.sum(2.0 * wide * d_wide, axis=-1)))
+          (d_true, _squares_tangent(stored, d_wide)))
 
 
 @jax.custom_jvp
@@ -117,9 +117,14 @@ def _sum_of_squares(logits: Array) -> Array:
 @_sum_of_squares.defjvp
 def _sum_of_squares_jvp(primals, tangents):
   (logits,), (d_logits,) = primals, tangents
+  return _sum_of_squares(logits), _squares_tangent(logits, _softmax.compute(d_logits))
+
+
+def _squares_tangent(logits: Array, d_wide: Array) -> Array:
+  """sum_c 2 z_c d_c for the tangent `d_wide` in the compute dtype, the
+  logits converted again from behind the barrier."""
   wide = _softmax.compute(jax.lax.optimization_barrier(logits))
-  tangent = jnp.sum(2.0 * wide * _softmax.compute(d_logits), axis=-1)
-  return _sum_of_squares(logits), tangent
+  return jnp.sum(2.0 * wide * d_wide, axis=-1)
 
 
 def brier_loss(logits, labels, *, axis: int = -1, where=None) -> Array:
