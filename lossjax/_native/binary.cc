@@ -5,9 +5,8 @@
 // alpha_t = 1/2 + s (1/2 - alpha) where weighted (else 1), in one pass over
 // the logits and labels, written in the logits' type. XLA:CPU's loop of the
 // same arithmetic (lossjax/losses/_binary.py, `_hard_focal_slopes`) runs
-// eight lanes at a time, at about three times this kernel's cost
-// (docs/measurement.md); the caller scales the slope by the cotangent, in
-// place.
+// eight lanes at a time, the slower (measured: docs/measurement.md); the
+// caller scales the slope by the cotangent, in place.
 //
 // An XLA FFI handler (lossjax/_native/__init__.py builds and registers it):
 //   logits [...] float32 or bfloat16, labels [...] int32, int8, uint8 or
