@@ -507,6 +507,60 @@ def test_sparsemax_threshold_of_long_rows(classes, dtype):
       np.testing.assert_array_equal(np.asarray(size)[6:], want_size[6:])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("classes", (16, 100, 1000))
+def test_sparsemax_threshold_of_rows_in_any_order(classes, dtype):
+  # Rows under 4096 classes go through a pipeline (a row's second pass
+  # beside the next row's first, its search two rows later, rows of at most
+  # 8 candidates searched 16 at a time, a row in each lane): every kind of
+  # row, shuffled, each row's numbers the same wherever it stands, and equal
+  # to the reference. Kinds: few candidates; 9 to 16; every class (past 16,
+  # Michelot's rounds); two candidates in one cell of four logits (the row read again);
+  # NaN, infinite and all -inf rows, which have no second pass and leave the
+  # pipeline empty, some of them one after another.
+  rng = np.random.default_rng(classes)
+  kinds = np.repeat(np.arange(8), 9)
+  values = rng.standard_normal((kinds.size, classes)) * 2
+  twelve = rng.choice(classes, 12, replace=False)
+  values[kinds == 1] = rng.standard_normal(((kinds == 1).sum(), classes)) * 0.5
+  values[np.ix_(kinds == 1, twelve)] = 5 + rng.uniform(0, 0.5, ((kinds == 1).sum(), 12))
+  values[kinds == 2] *= 0.005
+  # Lane 0 of the last whole group of 64 logits (float32: of its first and
+  # third vectors; bfloat16: the low halves of its two vectors of words).
+  start = 64 * (classes // 64 - 1)
+  cell = [start, start + 32] if classes >= 64 else [0, 1]
+  values[np.ix_(kinds == 3, cell)] = [20.0, 19.75]
+  values[kinds == 4, classes // 3] = np.nan
+  values[kinds == 5, classes - 1] = np.inf
+  values[kinds == 6] = -np.inf
+  values[kinds == 7] *= 8  # one candidate, mostly
+  values = np.asarray(jnp.asarray(values, dtype).astype(jnp.float32))
+  finite = kinds[:, None] != np.array([4, 5, 6])
+  finite = finite.all(-1)
+  # The kinds in two orders: shuffled, and runs of one kind after another.
+  for order in (rng.permutation(kinds.size), np.arange(kinds.size)):
+    tau, size, squares = map(np.asarray, _native_threshold(jnp.asarray(values[order], dtype)))
+    back = np.argsort(order)
+    tau, size, squares = tau[back], size[back], squares[back]
+    if order[0] != 0:
+      first = (tau, size, squares)
+    else:
+      for got, want in zip((tau, size, squares), first):
+        np.testing.assert_array_equal(got, want)
+  assert np.isnan(tau[~finite]).all() and np.isnan(size[~finite]).all()
+  want_tau, want_size, want_squares = _sparsemax_reference(jnp.asarray(values[finite]))
+  np.testing.assert_array_equal(size[finite], want_size)
+  np.testing.assert_allclose(tau[finite], want_tau, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(squares[finite], want_squares, rtol=1e-5, atol=1e-7)
+  # The kinds gave what they are for: the counts of candidates above max - 1.
+  top = values[finite].max(-1, keepdims=True)
+  candidates = (values[finite] > top - 1).sum(-1)
+  kept = kinds[finite]
+  assert (candidates[kept == 1] >= 9).all() and (candidates[kept == 1] <= 16).all()
+  assert (candidates[kept == 2] == classes).all() and (candidates[kept == 3] == 2).all()
+  assert (candidates[kept == 0] <= 8).all()
+
+
 def _true_logit_and_squares(values, labels):
   assert _native.takes(values), "the native kernel did not build (see the warning)"
   return jax.jit(lambda v, y: _native.true_logit_and_squares(v, y, None))(values, labels)

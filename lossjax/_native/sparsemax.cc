@@ -11,10 +11,15 @@
 //      float32 each
 // Per row: the max m, and the candidates z > m - 1 (tau >= m - 1: the max
 // alone adds relu(m - tau) <= 1 to a sum that is 1), in two passes, the
-// second from cache, or in one for long float32 rows; then tau from the
-// candidates alone: by their ranks where at most 16 (AVX-512), else by
+// second from cache (for rows under kLongFrom classes, from the first pass's
+// maxima of cells of four logits, woven into the next row's first pass), or
+// in one for long float32 rows; then tau from the candidates alone: by their
+// ranks where at most 16 (AVX-512; 16 rows at once where at most 8), else by
 // Michelot's rounds in float64. A row with a NaN gives NaN for all three, as
 // does a row whose max is infinite (there relu(z - tau) is inf - inf).
+
+#include <cstdlib>
+#include <new>
 
 #include "rows.h"
 
@@ -80,11 +85,11 @@ inline void KeepGroup(const __m512 (&x)[4], __m512 bar, float* out, int64_t& cou
 
 #endif
 
-// A row's candidates come from two passes, the second from cache through
-// the first's maxima of spans of groups (`MaxAndSpanMaxima`, `AboveInSpans`):
-// spans of one group in rows shorter than this; of kLongSpan groups in
-// longer bfloat16 rows; longer float32 rows take one pass
-// (`MaxAndCandidates`). A bfloat16 row's pass from cache runs at the
+// A row's candidates come from two passes, the second from cache: in rows
+// shorter than this, through the first pass's cells (`FirstPass`); in
+// longer bfloat16 rows, through the first's maxima of spans of kLongSpan
+// groups (`MaxAndSpanMaxima`, `AboveInSpans`); longer float32 rows take one
+// pass (`MaxAndCandidates`). A bfloat16 row's pass from cache runs at the
 // speed of its instructions, which a compare on each group added to
 // (docs/measurement.md); float32 rows, twice the bytes, wait on memory.
 constexpr int64_t kLongFrom = 4096;
@@ -118,23 +123,21 @@ int64_t Above(const T* row, int64_t columns, float level, float* out) {
 // The groups of four vectors in a short row, at most.
 constexpr int64_t kMostGroups = kLongFrom / (4 * kLanes);
 
-// A row's first pass, from memory: its max (a NaN left out: x86's max
-// returns its second operand where either is NaN), each whole span's
-// lanewise max into `spans` (a span: kSpan groups), and whether the row holds
-// a NaN. Each step fetches the bytes `ahead` past it (none where 0).
-template <int64_t kSpan, typename T>
-float MaxAndSpanMaxima(const T* row, int64_t columns, int64_t ahead, __m512* spans, bool& nan) {
-  constexpr int64_t kWidth = 4 * kLanes * kSpan;
+// A long bfloat16 row's first pass, from memory: its max (a NaN left out:
+// x86's max returns its second operand where either is NaN), each whole
+// span's lanewise max into `spans` (a span: kLongSpan groups), and whether the
+// row holds a NaN. Each step fetches the bytes 8 KiB past it, as `AddBulk`.
+inline float MaxAndSpanMaxima(const uint16_t* row, int64_t columns, __m512* spans, bool& nan) {
+  constexpr int64_t kWidth = 4 * kLanes * kLongSpan;
   __m512 top = _mm512_set1_ps(kMinusInf);
   __mmask16 unordered = 0;
   int64_t c = 0;
   for (int64_t s = 0; c + kWidth <= columns; c += kWidth, ++s) {
     __m512 span;
-    for (int64_t g = 0; g < kSpan; ++g) {
+    for (int64_t g = 0; g < kLongSpan; ++g) {
       const int64_t at = c + 4 * kLanes * g;
-      if (ahead)
-        for (int64_t b = 0; b < 4 * kLanes * int64_t(sizeof(T)); b += 64)
-          __builtin_prefetch(reinterpret_cast<const char*>(row + at) + ahead + b);
+      for (int64_t b = 0; b < 4 * kLanes * 2; b += 64)
+        __builtin_prefetch(reinterpret_cast<const char*>(row + at) + kPrefetchBytes + b);
       __m512 x[4];
       LoadFour(row, at, x);
       span = g == 0 ? GroupMax(x) : _mm512_max_ps(GroupMax(x), span);
@@ -204,6 +207,49 @@ int64_t AboveInSpans(const T* row, int64_t columns, const __m512* maxima, int64_
   });
   AboveInTail(row, columns, whole * width, bar, out, count);
   return count;
+}
+
+// A short row's first pass, from memory: its lanewise max (returned),
+// whether it holds a NaN, and its cells. A cell is a lane of a group: four
+// logits (a lane of each of `LoadFour`'s vectors). Each cell's max goes to
+// `mine`, and each lane's largest second largest of a cell to `second`:
+// where `second` is at or below a level, no cell holds two logits above it,
+// and the logits above it are the cells' maxima above it. The previous row's
+// second pass is woven in: its cells (`theirs`) above `bar` are appended to
+// out[kept...], a compare and a compress a group. In a pass of its own, the
+// second waited on its row's level, and the next row's loads on it
+// (docs/measurement.md). Each step fetches the bytes 8 KiB past it, as
+// `AddBulk` (the rows after: rows are contiguous).
+template <typename T>
+__m512 FirstPass(const T* row, int64_t columns, __m512* mine, __m512& second, bool& nan,
+                 const __m512* theirs, __m512 bar, float* out, int64_t& kept) {
+  __m512 top = _mm512_set1_ps(kMinusInf), runner_up = top;
+  __mmask16 unordered = 0;
+  int64_t c = 0;
+  for (int64_t g = 0; c + 4 * kLanes <= columns; c += 4 * kLanes, ++g) {
+    for (int64_t b = 0; b < 4 * kLanes * int64_t(sizeof(T)); b += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(row + c) + kPrefetchBytes + b);
+    __m512 x[4];
+    LoadFour(row, c, x);
+    const __m512 high_a = _mm512_max_ps(x[0], x[1]), low_a = _mm512_min_ps(x[0], x[1]);
+    const __m512 high_b = _mm512_max_ps(x[2], x[3]), low_b = _mm512_min_ps(x[2], x[3]);
+    const __m512 most = _mm512_max_ps(high_a, high_b);
+    mine[g] = most;
+    runner_up = _mm512_max_ps(runner_up, _mm512_max_ps(_mm512_min_ps(high_a, high_b),
+                                                       _mm512_max_ps(low_a, low_b)));
+    top = _mm512_max_ps(most, top);
+    unordered |= GroupNaN(x);
+    Keep(theirs[g], _mm512_cmp_ps_mask(theirs[g], bar, kAboveOrNaN), out, kept);
+  }
+  for (; c < columns; c += kLanes) {
+    // The last vector ends at the row's end (a max may see a value twice).
+    const __m512 x = __m512(Load(row + std::min(c, columns - kLanes)));
+    top = _mm512_max_ps(x, top);
+    unordered |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  }
+  second = runner_up;
+  nan = unordered != 0;
+  return top;
 }
 
 // A long row's max and candidates in one pass: the groups whose max passes
@@ -351,6 +397,24 @@ inline Solution Michelot(const float* candidates, int64_t taken, float top) {
 }
 
 #if defined(__AVX512F__)
+// ||p||^2 from the squares of the support's excesses in lanes 0-15, in the
+// order that `Batch` follows for lanes 0-7 (the others 0): lane k with
+// k + 8, then k + 4, k + 2, k + 1.
+inline float SumOfSquares(__m512 squares) {
+  const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(squares),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(squares), 1)));
+  const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  const __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+  return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
+}
+
+// excess * excess rounded on its own: GCC would fuse a product into the sum
+// that follows it (-ffp-contract=fast), and then `Batch`'s sums and
+// `FewCandidates`' would round apart.
+inline __m512 Square(__m512 excess) {
+  return _mm512_mul_round_ps(excess, excess, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
 // The same from at most kLanes candidates, with no rounds: sorted, with
 // S_r the sum of the r largest, tau_r = (S_r - 1) / r rises with r while the
 // r-th largest lies above tau_{r-1} (tau_r - tau_{r-1} = (z_(r) -
@@ -361,9 +425,7 @@ inline Solution Michelot(const float* candidates, int64_t taken, float top) {
 // on one another, a division each: docs/measurement.md; a loop as long as
 // the candidates mispredicts its end); then one division for all lanes and
 // one max. The sums are float32, relative to m, of values in [-1, 0]; the
-// lanes past the candidates are -inf and never count. Only the first
-// kBroadcasts lanes are broadcast: the candidates are at most that many.
-template <int kBroadcasts>
+// lanes past the candidates are -inf and never count.
 inline Solution FewCandidates(const float* candidates, int64_t taken, float top) {
   const __mmask16 valid = __mmask16((1u << taken) - 1);
   const __m512 raw = _mm512_maskz_loadu_ps(valid, candidates);
@@ -372,7 +434,7 @@ inline Solution FewCandidates(const float* candidates, int64_t taken, float top)
   __m512i rank = _mm512_setzero_si512();
   __m512 sum = _mm512_setzero_ps();
   const __m512i one = _mm512_set1_epi32(1);
-  for (int j = 0; j < kBroadcasts; ++j) {
+  for (int j = 0; j < kLanes; ++j) {
     const __m512 value = _mm512_permutexvar_ps(_mm512_set1_epi32(int32_t(j)), shifted);
     const __mmask16 counted = _mm512_cmp_ps_mask(value, shifted, _CMP_GE_OQ);
     rank = _mm512_mask_add_epi32(rank, counted, rank, one);
@@ -383,72 +445,319 @@ inline Solution FewCandidates(const float* candidates, int64_t taken, float top)
   const float threshold = top + _mm512_mask_reduce_max_ps(valid, each);
   const __m512 level = _mm512_set1_ps(threshold);
   const __mmask16 support = _mm512_mask_cmp_ps_mask(valid, raw, level, _CMP_GT_OQ);
-  const __m512 excess = _mm512_maskz_sub_ps(support, raw, level);
   return {threshold, float(_mm_popcnt_u32(_cvtmask16_u32(support))),
-          _mm512_reduce_add_ps(_mm512_mul_ps(excess, excess))};
+          SumOfSquares(Square(_mm512_maskz_sub_ps(support, raw, level)))};
+}
+
+// Rows of at most kBatched candidates, searched kLanes at a time, a row in
+// each lane: `FewCandidates`' arithmetic, operation for operation (its
+// broadcasts past the candidates count nothing), so that a row's numbers do
+// not depend on its neighbours. One row at a time, the search's chain of
+// dependent steps (broadcast, compare, masked sums, division, max, the
+// squares' sum) ran about twice as long as its instructions' share
+// (docs/measurement.md).
+constexpr int kBatched = 8;
+
+class Batch {
+ public:
+  Batch(float* tau, float* support, float* squares) : tau_(tau), support_(support), squares_(squares) {}
+
+  // A row's candidates, `taken` <= kBatched of them at `candidates`; solved
+  // once kLanes rows are in.
+  void Add(const float* candidates, int64_t taken, float top, int64_t row) {
+    _mm512_store_ps(rows_of_candidates_ + kLanes * count_,
+                    _mm512_mask_loadu_ps(_mm512_set1_ps(kMinusInf),
+                                         __mmask16((1u << taken) - 1), candidates));
+    tops_[count_] = top;
+    rows_[count_] = row;
+    if (++count_ == kLanes) Solve();
+  }
+
+  // The rows in (the lanes past them: no candidates, and their results unused).
+  void Solve() {
+    if (count_ == 0) return;
+    for (int i = count_; i < kLanes; ++i) {
+      _mm512_store_ps(rows_of_candidates_ + kLanes * i, _mm512_set1_ps(kMinusInf));
+      tops_[i] = 0.0f;
+    }
+    const __m512 top = _mm512_load_ps(tops_);
+    __m512 raw[kBatched], shifted[kBatched];
+    __mmask16 valid[kBatched];
+    Transpose(raw);
+    for (int j = 0; j < kBatched; ++j) {
+      valid[j] = _mm512_cmp_ps_mask(raw[j], _mm512_set1_ps(kMinusInf), _CMP_NEQ_OQ);
+      shifted[j] = _mm512_mask_sub_ps(_mm512_set1_ps(kMinusInf), valid[j], raw[j], top);
+    }
+    __m512 best = _mm512_set1_ps(kMinusInf);
+    for (int i = 0; i < kBatched; ++i) {
+      __m512i rank = _mm512_setzero_si512();
+      __m512 sum = _mm512_setzero_ps();
+      for (int j = 0; j < kBatched; ++j) {
+        const __mmask16 counted = _mm512_cmp_ps_mask(shifted[j], shifted[i], _CMP_GE_OQ);
+        rank = _mm512_mask_add_epi32(rank, counted, rank, _mm512_set1_epi32(1));
+        sum = _mm512_mask_add_ps(sum, counted, sum, shifted[j]);
+      }
+      const __m512 each =
+          _mm512_mask_div_ps(_mm512_set1_ps(kMinusInf), valid[i],
+                             _mm512_sub_ps(sum, _mm512_set1_ps(1.0f)), _mm512_cvtepi32_ps(rank));
+      best = _mm512_max_ps(each, best);
+    }
+    const __m512 level = _mm512_add_ps(top, best);
+    __m512i size = _mm512_setzero_si512();
+    __m512 square[kBatched];
+    for (int i = 0; i < kBatched; ++i) {
+      const __mmask16 in = _mm512_mask_cmp_ps_mask(valid[i], raw[i], level, _CMP_GT_OQ);
+      size = _mm512_mask_add_epi32(size, in, size, _mm512_set1_epi32(1));
+      square[i] = Square(_mm512_maskz_sub_ps(in, raw[i], level));
+    }
+    // `SumOfSquares`' order: ((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7)).
+    const __m512 total = _mm512_add_ps(
+        _mm512_add_ps(_mm512_add_ps(square[0], square[4]), _mm512_add_ps(square[2], square[6])),
+        _mm512_add_ps(_mm512_add_ps(square[1], square[5]), _mm512_add_ps(square[3], square[7])));
+    alignas(64) float out_tau[kLanes], out_size[kLanes], out_squares[kLanes];
+    _mm512_store_ps(out_tau, level);
+    _mm512_store_ps(out_size, _mm512_cvtepi32_ps(size));
+    _mm512_store_ps(out_squares, total);
+    for (int i = 0; i < count_; ++i) {
+      tau_[rows_[i]] = out_tau[i];
+      support_[rows_[i]] = out_size[i];
+      squares_[rows_[i]] = out_squares[i];
+    }
+    count_ = 0;
+  }
+
+ private:
+  static_assert(kBatched == 8, "Transpose and the squares' sum take 8 candidates a row");
+
+  // The rows' first 8 lanes, transposed: column[j] holds each row's lane j,
+  // row i in lane i. An 8x8 transpose in each half of the vectors (rows 0-3
+  // and 8-11 in the low halves, 4-7 and 12-15 in the high), whose quarters
+  // then meet in order.
+  void Transpose(__m512 (&column)[kBatched]) const {
+    __m512 z[8], t[8], u[8];
+    for (int r = 0; r < 8; ++r) {
+      const int low = r < 4 ? r : r + 4;
+      const __m256 high = _mm256_load_ps(rows_of_candidates_ + kLanes * (low + 4));
+      z[r] = _mm512_castpd_ps(_mm512_insertf64x4(
+          _mm512_castps_pd(_mm512_castps256_ps512(_mm256_load_ps(rows_of_candidates_ + kLanes * low))),
+          _mm256_castps_pd(high), 1));
+    }
+    for (int k = 0; k < 4; ++k) {
+      t[2 * k] = _mm512_unpacklo_ps(z[2 * k], z[2 * k + 1]);
+      t[2 * k + 1] = _mm512_unpackhi_ps(z[2 * k], z[2 * k + 1]);
+    }
+    for (int k = 0; k < 2; ++k) {
+      u[4 * k] = _mm512_shuffle_ps(t[4 * k], t[4 * k + 2], 0x44);
+      u[4 * k + 1] = _mm512_shuffle_ps(t[4 * k], t[4 * k + 2], 0xEE);
+      u[4 * k + 2] = _mm512_shuffle_ps(t[4 * k + 1], t[4 * k + 3], 0x44);
+      u[4 * k + 3] = _mm512_shuffle_ps(t[4 * k + 1], t[4 * k + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; ++j) {
+      column[j] = _mm512_shuffle_f32x4(u[j], u[j + 4], 0x88);
+      column[j + 4] = _mm512_shuffle_f32x4(u[j], u[j + 4], 0xDD);
+    }
+  }
+
+  alignas(64) float rows_of_candidates_[kLanes * kLanes];  // a row's at kLanes * i
+  alignas(64) float tops_[kLanes];
+  int64_t rows_[kLanes];
+  int count_ = 0;
+  float* tau_;
+  float* support_;
+  float* squares_;
+};
+#endif
+
+// Rooms for rows' candidates (each `columns` + kLanes values), each from a
+// page's start: a room whose first bytes straddled two pages took the kernel
+// 1.7x the time (the candidates' stores and their search's load each split
+// in two; docs/measurement.md), and where a room began depended on the heap.
+class Rooms {
+ public:
+  Rooms(int64_t columns, int count)
+      : bytes_((int64_t(sizeof(float)) * (columns + kLanes) + 4095) / 4096 * 4096),
+        block_(static_cast<char*>(std::aligned_alloc(4096, count * bytes_)), &std::free) {
+    if (!block_) throw std::bad_alloc();
+  }
+  float* operator[](int64_t i) const { return reinterpret_cast<float*>(block_.get() + i * bytes_); }
+
+ private:
+  int64_t bytes_;
+  std::unique_ptr<char, decltype(&std::free)> block_;
+};
+
+// A row's search waits until the next row's passes are done: its candidates
+// were stored a few at a time, overlapping, and a load of them all right
+// after waits for those stores to reach the cache; the next row's loads run
+// meanwhile (docs/measurement.md).
+class Searches {
+ public:
+  Searches(float* tau, float* support, float* squares)
+      : tau_(tau), support_(support), squares_(squares)
+#if defined(__AVX512F__)
+        , batch_(tau, support, squares)
+#endif
+  {}
+
+  // Searches the row handed in before, and keeps this one waiting.
+  void Hand(int64_t row, int64_t taken, float top, const float* candidates) {
+    Search();
+    waiting_ = {row, taken, top, candidates};
+  }
+  const float* waiting_room() const { return waiting_.candidates; }
+
+  void Finish() {
+    Search();
+#if defined(__AVX512F__)
+    batch_.Solve();
+#endif
+  }
+
+ private:
+  void Search() {
+    const Waiting w = waiting_;
+    if (w.row < 0) return;
+    waiting_.row = -1;
+#if defined(__AVX512F__)
+    if (w.taken <= kBatched) return batch_.Add(w.candidates, w.taken, w.top, w.row);
+    const Solution s = w.taken <= kLanes ? FewCandidates(w.candidates, w.taken, w.top)
+                                         : Michelot(w.candidates, w.taken, w.top);
+#else
+    const Solution s = Michelot(w.candidates, w.taken, w.top);
+#endif
+    tau_[w.row] = s.tau;
+    support_[w.row] = s.size;
+    squares_[w.row] = s.squares;
+  }
+
+  struct Waiting {
+    int64_t row = -1, taken = 0;
+    float top = 0.0f;
+    const float* candidates = nullptr;
+  } waiting_;
+  float* tau_;
+  float* support_;
+  float* squares_;
+#if defined(__AVX512F__)
+  Batch batch_;
+#endif
+};
+
+// The label's logit of row r, NaN for a label outside [0, C); none without labels.
+template <typename T>
+inline void TrueLogit(const T* row, const int32_t* labels, float* true_logit, int64_t r,
+                      int64_t columns) {
+  if (!labels) return;
+  const int64_t label = labels[r];
+  true_logit[r] = label < 0 || label >= columns ? kNaN : LoadOne(row[label]);
+}
+
+// The row after next's first bytes fetched while this one is searched.
+template <typename T>
+inline void FetchRowAfterNext(const T* row, int64_t columns) {
+  const int64_t ahead = std::min<int64_t>(columns * sizeof(T), kPrefetchRowBytes);
+  const char* next = reinterpret_cast<const char*>(row + 2 * columns);
+  for (int64_t b = 0; b < ahead; b += 64) __builtin_prefetch(next + b);
+}
+
+#if defined(__AVX512F__)
+// Rows of kLanes to kLongFrom classes, in a pipeline: row r's first pass
+// (`FirstPass`) holds row r - 1's second, and row r - 2's search follows
+// (`Searches`).
+template <typename T>
+void ShortRows(const T* logits, const int32_t* labels, float* tau, float* support, float* squares,
+               float* true_logit, int64_t first, int64_t last, int64_t columns) {
+  // Two rooms: the row before's candidates go to one while the other's wait
+  // for their search.
+  const Rooms rooms(columns, 2);
+  Searches searches(tau, support, squares);
+  const int64_t whole = columns / (4 * kLanes);
+  // Two rows' cells. A first pass with no second beside it (a chunk's first
+  // row, or one after a row with a NaN) compares the other row's with a bar
+  // of +inf: zeros before any row's; a NaN row's NaNs pass it, into the free
+  // room, unused.
+  __m512 cells[2][kMostGroups] = {};
+  // The row whose second pass is due, and its level, as a float and in every lane.
+  struct Due {
+    int64_t row = -1;
+    const T* logits = nullptr;
+    float top = 0.0f, level = 0.0f;
+    __m512 bar = _mm512_set1_ps(std::numeric_limits<float>::infinity()), second;
+  } due;
+  // The due row's candidates: the cells' maxima, or its logits read again
+  // where a cell holds two above the level; then the row waits for its search.
+  const auto finish = [&](const __m512* cells_of_due, float* out, int64_t kept) {
+    if (_mm512_cmp_ps_mask(due.second, due.bar, kAboveOrNaN))
+      kept = AboveInSpans(due.logits, columns, cells_of_due, 1, due.level, out);
+    else
+      AboveInTail(due.logits, columns, whole * 4 * kLanes, due.bar, out, kept);
+    searches.Hand(due.row, kept, due.top, out);
+    due = Due{};
+  };
+  for (int64_t r = first; r < last; ++r) {
+    const T* row = logits + r * columns;
+    FetchRowAfterNext(row, columns);
+    TrueLogit(row, labels, true_logit, r, columns);
+    const __m512* const theirs = cells[(r & 1) ^ 1];
+    float* const out = searches.waiting_room() == rooms[0] ? rooms[1] : rooms[0];
+    int64_t kept = 0;
+    __m512 second;
+    bool nan;
+    const float m = _mm512_reduce_max_ps(
+        FirstPass(row, columns, cells[r & 1], second, nan, theirs, due.bar, out, kept));
+    if (due.row >= 0) finish(theirs, out, kept);
+    if (!std::isfinite(m) || nan) {
+      tau[r] = support[r] = squares[r] = kNaN;
+      continue;
+    }
+    const float level = Lowered(m - 1.0f);
+    due = {r, row, m, level, _mm512_set1_ps(level), second};
+  }
+  if (due.row >= 0) {
+    // The last row's second pass, alone.
+    const __m512* const mine = cells[due.row & 1];
+    float* const out = searches.waiting_room() == rooms[0] ? rooms[1] : rooms[0];
+    int64_t kept = 0;
+    for (int64_t g = 0; g < whole; ++g)
+      Keep(mine[g], _mm512_cmp_ps_mask(mine[g], due.bar, kAboveOrNaN), out, kept);
+    finish(mine, out, kept);
+  }
+  searches.Finish();
 }
 #endif
 
 template <typename T>
 void Rows(const T* logits, const int32_t* labels, float* tau, float* support, float* squares,
           float* true_logit, int64_t first, int64_t last, int64_t columns) {
-  // Two rooms for candidates: a row's wait for their search in one while
-  // the next row's passes fill the other (`Waiting`).
-  std::unique_ptr<float[]> room(new float[2 * (columns + kLanes)]);
-  float* const rooms[2] = {room.get(), room.get() + columns + kLanes};
 #if defined(__AVX512F__)
-  __m512 groups[kMostGroups];
+  if (columns >= kLanes && columns < kLongFrom)
+    return ShortRows(logits, labels, tau, support, squares, true_logit, first, last, columns);
   const bool long_row = columns >= kLongFrom;
   std::unique_ptr<__m512[]> spans(
       new __m512[long_row && sizeof(T) == 2 ? columns / (4 * kLanes * kLongSpan) : 0]);
-  // A long row fetches the bytes 8 KiB ahead, as `AddBulk`; a short float32
-  // row the next row's same bytes, so that its reads overlap this row's search.
-  const int64_t step_ahead = long_row ? kPrefetchBytes : sizeof(T) == 4 ? columns * 4 : 0;
 #endif
-  // A row's search waits until the next row's passes are done: its
-  // candidates were stored a few at a time, overlapping, and a load of them
-  // all right after waits for those stores to reach the cache; the next
-  // row's loads run meanwhile (docs/measurement.md).
-  struct Waiting {
-    int64_t row = -1, taken = 0;
-    float top = 0.0f;
-    const float* candidates = nullptr;
-  } waiting;
-  const auto search = [&](const Waiting& w) {
-#if defined(__AVX512F__)
-    const Solution s = w.taken <= 8 ? FewCandidates<8>(w.candidates, w.taken, w.top)
-                     : w.taken <= kLanes ? FewCandidates<kLanes>(w.candidates, w.taken, w.top)
-                                         : Michelot(w.candidates, w.taken, w.top);
-#else
-    const Solution s = Michelot(w.candidates, w.taken, w.top);
-#endif
-    tau[w.row] = s.tau;
-    support[w.row] = s.size;
-    squares[w.row] = s.squares;
-  };
-  const int64_t ahead = std::min<int64_t>(columns * sizeof(T), kPrefetchRowBytes);
+  // Two rooms: a row's candidates wait for their search in one while the
+  // next row's passes fill the other.
+  const Rooms rooms(columns, 2);
+  Searches searches(tau, support, squares);
   for (int64_t r = first; r < last; ++r) {
     const T* row = logits + r * columns;
-    float* const candidates = waiting.candidates == rooms[0] ? rooms[1] : rooms[0];
-    // The row after next's first bytes fetched while this one is searched.
-    const char* next = reinterpret_cast<const char*>(row + 2 * columns);
-    for (int64_t b = 0; b < ahead; b += 64) __builtin_prefetch(next + b);
-    if (labels) {
-      const int64_t label = labels[r];
-      true_logit[r] = label < 0 || label >= columns ? kNaN : LoadOne(row[label]);
-    }
+    float* const candidates = searches.waiting_room() == rooms[0] ? rooms[1] : rooms[0];
+    FetchRowAfterNext(row, columns);
+    TrueLogit(row, labels, true_logit, r, columns);
     float top;
     int64_t taken = 0;
     bool nan = false;
 #if defined(__AVX512F__)
-    if (long_row && sizeof(T) == 4) {
-      top = MaxAndCandidates(row, columns, candidates, taken, nan);
-    } else if (columns >= kLanes) {
-      top = long_row ? MaxAndSpanMaxima<kLongSpan>(row, columns, step_ahead, spans.get(), nan)
-                     : MaxAndSpanMaxima<1>(row, columns, step_ahead, groups, nan);
-      if (std::isfinite(top) && !nan)
-        taken = AboveInSpans(row, columns, long_row ? spans.get() : groups,
-                             long_row ? kLongSpan : 1, Lowered(top - 1.0f), candidates);
+    if (long_row) {
+      if constexpr (sizeof(T) == 4) {
+        top = MaxAndCandidates(row, columns, candidates, taken, nan);
+      } else {
+        top = MaxAndSpanMaxima(row, columns, spans.get(), nan);
+        if (std::isfinite(top) && !nan)
+          taken = AboveInSpans(row, columns, spans.get(), kLongSpan, Lowered(top - 1.0f),
+                               candidates);
+      }
     } else
 #endif
     {
@@ -460,10 +769,9 @@ void Rows(const T* logits, const int32_t* labels, float* tau, float* support, fl
       tau[r] = support[r] = squares[r] = kNaN;
       continue;
     }
-    if (waiting.row >= 0) search(waiting);
-    waiting = {r, taken, top, candidates};
+    searches.Hand(r, taken, top, candidates);
   }
-  if (waiting.row >= 0) search(waiting);
+  searches.Finish();
 }
 
 // The handlers' shared body: `labels` and `true_logit` null for the
