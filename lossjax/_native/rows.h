@@ -66,6 +66,12 @@ inline float LoadOne(uint16_t x) {
   return v;
 }
 
+// The label's logit in a row, NaN for a label outside [0, C).
+template <typename T>
+inline float LabelLogit(const T* row, int64_t label, int64_t columns) {
+  return label < 0 || label >= columns ? kNaN : LoadOne(row[label]);
+}
+
 // The larger of each pair of lanes, the second where either is NaN (x86's
 // vmaxps; GCC makes a compare and a blend of the same select).
 inline Floats Larger(Floats a, Floats b) {
@@ -185,6 +191,12 @@ inline void Store(uint16_t* out, Floats g) {
 // (docs/measurement.md). Prefetches never fault, past the end of the logits
 // included.
 constexpr int64_t kPrefetchBytes = 8192;
+
+// Fetches the `bytes` that lie kPrefetchBytes past `at` (a step of a loop).
+inline void FetchAhead(const void* at, int64_t bytes) {
+  const char* ahead = static_cast<const char*>(at) + kPrefetchBytes;
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(ahead + b);
+}
 
 // The bulk of a range: float32 four vectors a step, the 256 bytes 8 KiB
 // ahead prefetched. The running max is copied into locals for the loop:

@@ -119,8 +119,7 @@ void Rows(const T* z, const int32_t* labels, float* true_logit, float* max, floa
           float* squares, float* logits, int64_t first, int64_t last, int64_t columns) {
   for (int64_t r = first; r < last; ++r) {
     const T* row = z + r * columns;
-    const int64_t label = labels[r];
-    true_logit[r] = label < 0 || label >= columns ? kNaN : LoadOne(row[label]);
+    true_logit[r] = LabelLogit(row, labels[r], columns);
     if (columns < kLanes) {
       NarrowRow(row, columns, max + r, exps + r, kSquares ? squares + r : nullptr,
                 kRowSum ? logits + r : nullptr);

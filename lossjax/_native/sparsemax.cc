@@ -123,6 +123,19 @@ int64_t Above(const T* row, int64_t columns, float level, float* out) {
 // The groups of four vectors in a short row, at most.
 constexpr int64_t kMostGroups = kLongFrom / (4 * kLanes);
 
+// The vectors of row[c, columns), c a multiple of kLanes, into a running
+// max and its NaN lanes: the last ends at the row's end (a max may see a
+// value twice).
+template <typename T>
+inline void MaxOfTail(const T* row, int64_t columns, int64_t c, __m512& top,
+                      __mmask16& unordered) {
+  for (; c < columns; c += kLanes) {
+    const __m512 x = __m512(Load(row + std::min(c, columns - kLanes)));
+    top = _mm512_max_ps(x, top);
+    unordered |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  }
+}
+
 // A long bfloat16 row's first pass, from memory: its max (a NaN left out:
 // x86's max returns its second operand where either is NaN), each whole
 // span's lanewise max into `spans` (a span: kLongSpan groups), and whether the
@@ -136,8 +149,7 @@ inline float MaxAndSpanMaxima(const uint16_t* row, int64_t columns, __m512* span
     __m512 span;
     for (int64_t g = 0; g < kLongSpan; ++g) {
       const int64_t at = c + 4 * kLanes * g;
-      for (int64_t b = 0; b < 4 * kLanes * 2; b += 64)
-        __builtin_prefetch(reinterpret_cast<const char*>(row + at) + kPrefetchBytes + b);
+      FetchAhead(row + at, 4 * kLanes * 2);
       __m512 x[4];
       LoadFour(row, at, x);
       span = g == 0 ? GroupMax(x) : _mm512_max_ps(GroupMax(x), span);
@@ -146,12 +158,7 @@ inline float MaxAndSpanMaxima(const uint16_t* row, int64_t columns, __m512* span
     spans[s] = span;
     top = _mm512_max_ps(span, top);
   }
-  for (; c < columns; c += kLanes) {
-    // The last vector ends at the row's end (a max may see a value twice).
-    const __m512 x = __m512(Load(row + std::min(c, columns - kLanes)));
-    top = _mm512_max_ps(x, top);
-    unordered |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-  }
+  MaxOfTail(row, columns, c, top, unordered);
   nan = unordered != 0;
   return _mm512_reduce_max_ps(top);
 }
@@ -227,8 +234,7 @@ __m512 FirstPass(const T* row, int64_t columns, __m512* mine, __m512& second, bo
   __mmask16 unordered = 0;
   int64_t c = 0;
   for (int64_t g = 0; c + 4 * kLanes <= columns; c += 4 * kLanes, ++g) {
-    for (int64_t b = 0; b < 4 * kLanes * int64_t(sizeof(T)); b += 64)
-      __builtin_prefetch(reinterpret_cast<const char*>(row + c) + kPrefetchBytes + b);
+    FetchAhead(row + c, 4 * kLanes * sizeof(T));
     __m512 x[4];
     LoadFour(row, c, x);
     const __m512 high_a = _mm512_max_ps(x[0], x[1]), low_a = _mm512_min_ps(x[0], x[1]);
@@ -241,12 +247,7 @@ __m512 FirstPass(const T* row, int64_t columns, __m512* mine, __m512& second, bo
     unordered |= GroupNaN(x);
     Keep(theirs[g], _mm512_cmp_ps_mask(theirs[g], bar, kAboveOrNaN), out, kept);
   }
-  for (; c < columns; c += kLanes) {
-    // The last vector ends at the row's end (a max may see a value twice).
-    const __m512 x = __m512(Load(row + std::min(c, columns - kLanes)));
-    top = _mm512_max_ps(x, top);
-    unordered |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-  }
+  MaxOfTail(row, columns, c, top, unordered);
   second = runner_up;
   nan = unordered != 0;
   return top;
@@ -264,8 +265,7 @@ float MaxAndCandidates(const T* row, int64_t columns, float* out, int64_t& taken
   __mmask16 unordered = 0;
   int64_t count = 0, c = 0;
   for (int64_t step = 0; c + 4 * kLanes <= columns; c += 4 * kLanes, ++step) {
-    for (int64_t b = 0; b < 4 * kLanes * int64_t(sizeof(T)); b += 64)
-      __builtin_prefetch(reinterpret_cast<const char*>(row + c) + kPrefetchBytes + b);
+    FetchAhead(row + c, 4 * kLanes * sizeof(T));
     __m512 x[4];
     LoadFour(row, c, x);
     const __m512 most = GroupMax(x);
@@ -400,7 +400,7 @@ inline Solution Michelot(const float* candidates, int64_t taken, float top) {
 // ||p||^2 from the squares of the support's excesses in lanes 0-15, in the
 // order that `Batch` follows for lanes 0-7 (the others 0): lane k with
 // k + 8, then k + 4, k + 2, k + 1.
-inline float SumOfSquares(__m512 squares) {
+inline float SumOfLanes(__m512 squares) {
   const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(squares),
                                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(squares), 1)));
   const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -446,7 +446,7 @@ inline Solution FewCandidates(const float* candidates, int64_t taken, float top)
   const __m512 level = _mm512_set1_ps(threshold);
   const __mmask16 support = _mm512_mask_cmp_ps_mask(valid, raw, level, _CMP_GT_OQ);
   return {threshold, float(_mm_popcnt_u32(_cvtmask16_u32(support))),
-          SumOfSquares(Square(_mm512_maskz_sub_ps(support, raw, level)))};
+          SumOfLanes(Square(_mm512_maskz_sub_ps(support, raw, level)))};
 }
 
 // Rows of at most kBatched candidates, searched kLanes at a time, a row in
@@ -510,7 +510,7 @@ class Batch {
       size = _mm512_mask_add_epi32(size, in, size, _mm512_set1_epi32(1));
       square[i] = Square(_mm512_maskz_sub_ps(in, raw[i], level));
     }
-    // `SumOfSquares`' order: ((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7)).
+    // `SumOfLanes`' order: ((x0 + x4) + (x2 + x6)) + ((x1 + x5) + (x3 + x7)).
     const __m512 total = _mm512_add_ps(
         _mm512_add_ps(_mm512_add_ps(square[0], square[4]), _mm512_add_ps(square[2], square[6])),
         _mm512_add_ps(_mm512_add_ps(square[1], square[5]), _mm512_add_ps(square[3], square[7])));
@@ -580,6 +580,8 @@ class Rooms {
     if (!block_) throw std::bad_alloc();
   }
   float* operator[](int64_t i) const { return reinterpret_cast<float*>(block_.get() + i * bytes_); }
+  // Of two rooms, the one that is not `taken`.
+  float* Besides(const float* taken) const { return taken == (*this)[0] ? (*this)[1] : (*this)[0]; }
 
  private:
   int64_t bytes_;
@@ -643,15 +645,6 @@ class Searches {
 #endif
 };
 
-// The label's logit of row r, NaN for a label outside [0, C); none without labels.
-template <typename T>
-inline void TrueLogit(const T* row, const int32_t* labels, float* true_logit, int64_t r,
-                      int64_t columns) {
-  if (!labels) return;
-  const int64_t label = labels[r];
-  true_logit[r] = label < 0 || label >= columns ? kNaN : LoadOne(row[label]);
-}
-
 // The row after next's first bytes fetched while this one is searched.
 template <typename T>
 inline void FetchRowAfterNext(const T* row, int64_t columns) {
@@ -698,9 +691,9 @@ void ShortRows(const T* logits, const int32_t* labels, float* tau, float* suppor
     // (No row fetched ahead whole, as the longer rows' loop does: `FirstPass`'
     // fetches 8 KiB ahead cover it, and the two together measured slower.)
     const T* row = logits + r * columns;
-    TrueLogit(row, labels, true_logit, r, columns);
+    if (labels) true_logit[r] = LabelLogit(row, labels[r], columns);
     const __m512* const theirs = cells[(r & 1) ^ 1];
-    float* const out = searches.waiting_room() == rooms[0] ? rooms[1] : rooms[0];
+    float* const out = rooms.Besides(searches.waiting_room());
     int64_t kept = 0;
     __m512 second;
     bool nan;
@@ -717,7 +710,7 @@ void ShortRows(const T* logits, const int32_t* labels, float* tau, float* suppor
   if (due.row >= 0) {
     // The last row's second pass, alone.
     const __m512* const mine = cells[due.row & 1];
-    float* const out = searches.waiting_room() == rooms[0] ? rooms[1] : rooms[0];
+    float* const out = rooms.Besides(searches.waiting_room());
     int64_t kept = 0;
     for (int64_t g = 0; g < whole; ++g)
       Keep(mine[g], _mm512_cmp_ps_mask(mine[g], due.bar, kAboveOrNaN), out, kept);
@@ -743,9 +736,9 @@ void Rows(const T* logits, const int32_t* labels, float* tau, float* support, fl
   Searches searches(tau, support, squares);
   for (int64_t r = first; r < last; ++r) {
     const T* row = logits + r * columns;
-    float* const candidates = searches.waiting_room() == rooms[0] ? rooms[1] : rooms[0];
+    float* const candidates = rooms.Besides(searches.waiting_room());
     FetchRowAfterNext(row, columns);
-    TrueLogit(row, labels, true_logit, r, columns);
+    if (labels) true_logit[r] = LabelLogit(row, labels[r], columns);
     float top;
     int64_t taken = 0;
     bool nan = false;

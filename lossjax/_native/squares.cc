@@ -27,8 +27,7 @@ float SumOfSquares(const T* row, int64_t columns) {
   Floats sums[4] = {};
   int64_t i = 0;
   for (; i + 4 * kLanes <= columns; i += 4 * kLanes) {
-    const char* ahead = reinterpret_cast<const char*>(row + i) + kPrefetchBytes;
-    for (int64_t b = 0; b < 4 * kLanes * int64_t(sizeof(T)); b += 64) __builtin_prefetch(ahead + b);
+    FetchAhead(row + i, 4 * kLanes * sizeof(T));
     for (int k = 0; k < 4; ++k) {
       const Floats x = Load(row + i + k * kLanes);
       sums[k] += x * x;
@@ -62,8 +61,7 @@ ffi::Error TrueLogitAndSquares(ffi::ThreadPool pool, ffi::AnyBuffer logits,
     ForRowChunks(pool, rows, columns, [=](int64_t first, int64_t last) {
       for (int64_t r = first; r < last; ++r) {
         const auto* row = z + r * columns;
-        const int64_t label = y[r];
-        picked[r] = label < 0 || label >= columns ? kNaN : LoadOne(row[label]);
+        picked[r] = LabelLogit(row, y[r], columns);
         sums[r] = SumOfSquares(row, columns);
       }
     });
