@@ -454,8 +454,7 @@ inline Solution FewCandidates(const float* candidates, int64_t taken, float top)
 // broadcasts past the candidates count nothing), so that a row's numbers do
 // not depend on its neighbours. One row at a time, the search's chain of
 // dependent steps (broadcast, compare, masked sums, division, max, the
-// squares' sum) ran about twice as long as its instructions' share
-// (docs/measurement.md).
+// squares' sum) ran longer than its instructions' share (docs/measurement.md).
 constexpr int kBatched = 8;
 
 class Batch {
@@ -569,9 +568,10 @@ class Batch {
 #endif
 
 // Rooms for rows' candidates (each `columns` + kLanes values), each from a
-// page's start: a room whose first bytes straddled two pages took the kernel
-// 1.7x the time (the candidates' stores and their search's load each split
-// in two; docs/measurement.md), and where a room began depended on the heap.
+// page's start: where a room's first bytes straddled two pages, the
+// candidates' stores and their search's load each split in two and the whole
+// call slowed (docs/measurement.md), and where a room began depended on the
+// heap.
 class Rooms {
  public:
   Rooms(int64_t columns, int count)
